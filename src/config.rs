@@ -1,0 +1,477 @@
+//! The configuration tree: defaults, then the TOML file, then
+//! `HOOKRELAY__SECTION__KEY` environment variables. Unknown keys are refused
+//! and every error names the key it is about.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables under this prefix override file settings:
+/// `HOOKRELAY__INGEST__BATCH_MAX_EVENTS=500` sets `ingest.batch_max_events`.
+pub const ENV_PREFIX: &str = "HOOKRELAY__";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub ingest: IngestConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The URL at which providers and recipients reach hookrelay (behind a
+    /// proxy this differs from `listen`); used to build tracked links and to
+    /// check URL-signed callbacks. Empty means `http://<listen>`.
+    pub public_url: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: String::new(),
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (a file, created if missing) or `postgres://...`.
+    pub url: String,
+    /// PostgreSQL connections in the pool; SQLite read connections.
+    pub pool_size: usize,
+    /// How long to wait for a connection before answering 503.
+    pub connect_timeout_ms: u64,
+    /// SQLite `synchronous` setting: `full` (a commit survives power loss)
+    /// or `normal` (a commit survives a crash of hookrelay, but the last
+    /// transactions may be lost on power loss).
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://hookrelay.db".into(),
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            sqlite_synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Requests waiting for the batch writer; beyond this, edges answer 503.
+    pub queue_capacity: usize,
+    /// Most events applied in one transaction.
+    pub batch_max_events: usize,
+    /// How long the writer waits for more events once it has some. 0 commits
+    /// whatever is waiting at once (batches still form under load, while the
+    /// previous commit is in progress).
+    pub batch_max_wait_ms: u64,
+    /// `Retry-After` sent with a 503 when the queue is full or the database
+    /// is unavailable.
+    pub retry_after_seconds: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { queue_capacity: 10_000, batch_max_events: 1_000, batch_max_wait_ms: 0, retry_after_seconds: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API keys accepted as `Authorization: Bearer <key>`. When empty and the
+    /// database holds no key either, one is generated on first start and
+    /// printed once.
+    #[serde(deserialize_with = "list_or_comma_string")]
+    pub api_keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `hookrelay=debug,info`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A secret from the configuration; never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn list_or_comma_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v.into_iter().map(Secret).collect(),
+        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Secret(s.to_owned())).collect(),
+    })
+}
+
+/// Where the data lives, parsed from `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| format!("`{}` is neither sqlite://PATH nor postgres://...", redact_url(url)))?;
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path".into());
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// A database URL with any password replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from an optional file and the process
+    /// environment, then validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with the environment given explicitly (tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Toml { path: path.to_owned(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<_> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        env.sort();
+        for (name, value) in env {
+            overlay_env(&mut table, &name, &value)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_owned() } else { key };
+            ConfigError::Invalid { key, message: e.into_inner().to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::invalid("server.listen", format!("`{}`: {e}", self.server.listen)))?;
+        let public = &self.server.public_url;
+        if !(public.is_empty() || public.starts_with("http://") || public.starts_with("https://")) {
+            return Err(ConfigError::invalid("server.public_url", "must start with http:// or https://"));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(ConfigError::invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        DatabaseUrl::parse(&self.database.url).map_err(|m| ConfigError::invalid("database.url", m))?;
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::invalid("database.pool_size", "must be at least 1"));
+        }
+        if self.ingest.queue_capacity == 0 {
+            return Err(ConfigError::invalid("ingest.queue_capacity", "must be at least 1"));
+        }
+        if self.ingest.batch_max_events == 0 {
+            return Err(ConfigError::invalid("ingest.batch_max_events", "must be at least 1"));
+        }
+        if self.ingest.batch_max_wait_ms > 1_000 {
+            return Err(ConfigError::invalid("ingest.batch_max_wait_ms", "must be at most 1000"));
+        }
+        if let Some((i, _)) = self.auth.api_keys.iter().enumerate().find(|(_, k)| k.expose().len() < 16) {
+            return Err(ConfigError::invalid(
+                &format!("auth.api_keys[{i}]"),
+                "an API key must be at least 16 characters",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        // Validated at load; the fallback is unreachable in practice.
+        DatabaseUrl::parse(&self.database.url).unwrap_or(DatabaseUrl::Sqlite("hookrelay.db".into()))
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        if self.server.public_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.server.public_url.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
+/// Sets the key named by one `HOOKRELAY__A__B` variable in `table`.
+fn overlay_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(name, "malformed variable name (empty segment)"));
+    }
+    let mut node = table;
+    for segment in &path[..path.len() - 1] {
+        let entry = node.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(ConfigError::invalid(&path.join("."), format!("{name} sets a key inside a value"))),
+        };
+    }
+    let key = path[path.len() - 1].clone();
+    node.insert(key, env_value(value));
+    Ok(())
+}
+
+/// Reads an environment value as a TOML value where it looks like one
+/// (numbers, booleans, arrays), as a plain string otherwise.
+fn env_value(value: &str) -> toml::Value {
+    let looks_typed = value == "true"
+        || value == "false"
+        || value.starts_with('[')
+        || (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-'));
+    if looks_typed
+        && let Ok(mut t) = format!("v = {value}").parse::<toml::Table>()
+        && let Some(v) = t.remove("v")
+    {
+        return v;
+    }
+    toml::Value::String(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = Config::load_from(None, env(&[])).expect("defaults are valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.database_url(), DatabaseUrl::Sqlite("hookrelay.db".into()));
+        assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let f = file("[ingest]\nbatch_max_events = 10\nqueue_capacity = 5\n");
+        let config = Config::load_from(
+            Some(f.path()),
+            env(&[
+                ("HOOKRELAY__INGEST__BATCH_MAX_EVENTS", "20"),
+                ("HOOKRELAY__DATABASE__URL", "postgres://u:p@h/db"),
+                ("HOOKRELAY__AUTH__API_KEYS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.ingest.batch_max_events, 20);
+        assert_eq!(config.ingest.queue_capacity, 5);
+        assert_eq!(config.database_url(), DatabaseUrl::Postgres("postgres://u:p@h/db".into()));
+        assert_eq!(config.auth.api_keys.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = file("[ingest]\nbatch_max_event = 10\n");
+        let err = Config::load_from(Some(f.path()), env(&[])).expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("batch_max_event"), "{text}");
+        assert!(text.contains("ingest"), "{text}");
+
+        let err = Config::load_from(None, env(&[("HOOKRELAY__NOPE__X", "1")])).expect_err("unknown section");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err =
+            Config::load_from(None, env(&[("HOOKRELAY__INGEST__BATCH_MAX_EVENTS", "lots")])).expect_err("not a number");
+        assert!(err.to_string().contains("ingest.batch_max_events"), "{err}");
+
+        let err = Config::load_from(None, env(&[("HOOKRELAY__SERVER__LISTEN", "nowhere")])).expect_err("bad addr");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+
+        let err = Config::load_from(None, env(&[("HOOKRELAY__DATABASE__URL", "mysql://x")])).expect_err("bad url");
+        assert!(err.to_string().contains("database.url"), "{err}");
+
+        let err = Config::load_from(None, env(&[("HOOKRELAY__AUTH__API_KEYS", "short")])).expect_err("short key");
+        assert!(err.to_string().contains("auth.api_keys[0]"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2hunter2hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(redact_url("postgres://user:pw@host/db"), "postgres://user:***@host/db");
+        assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/x.db"), Ok(DatabaseUrl::Sqlite("/tmp/x.db".into())));
+        assert_eq!(DatabaseUrl::parse("sqlite:x.db"), Ok(DatabaseUrl::Sqlite("x.db".into())));
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// Every key path in a TOML table, as `section.key`.
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => keys(t, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_documents_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let config = Config::load_from(Some(&path), Vec::new()).expect("config.example.toml is valid");
+        assert_eq!(config, Config::default(), "the example shows the defaults");
+
+        let text = std::fs::read_to_string(&path).expect("read");
+        let example: toml::Table = text.parse().expect("toml");
+        let defaults = toml::Table::try_from(Config::default()).expect("serialize defaults");
+        let (mut documented, mut all) = (Vec::new(), Vec::new());
+        keys(&example, "", &mut documented);
+        keys(&defaults, "", &mut all);
+        documented.sort();
+        all.sort();
+        assert_eq!(documented, all, "config.example.toml must list every key");
+        for key in &all {
+            let name = key.rsplit('.').next().unwrap_or(key);
+            let line = text.lines().position(|l| l.starts_with(&format!("{name} ="))).expect("key line");
+            assert!(
+                text.lines().nth(line.saturating_sub(1)).is_some_and(|l| l.starts_with('#')),
+                "{key} needs a comment above it"
+            );
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The sender API (register, report events, cancel) and the Courier-style
+//! message-log API (list, get, history).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, QueryPairs};
+use crate::clock::{now_ms, parse_time};
+use crate::domain::event::{dedupe_key, hashed_dedupe_key};
+use crate::domain::{
+    Channel, MessageId, MessageRecord, MessageView, NormalizedEvent, ProviderName, ProviderRef, Reason, Status, Target,
+};
+use crate::ingest::plan::is_history_type;
+use crate::ingest::{Command, Outcome, Registration};
+use crate::store::MessageQuery;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(register_message, list_messages))
+        .routes(routes!(get_message))
+        .routes(routes!(message_history))
+        .routes(routes!(report_event))
+        .routes(routes!(cancel_message))
+}
+
+/// Default and largest page size of `GET /messages`.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 500;
+
+const MAX_TEXT: usize = 256;
+const MAX_RECIPIENT: usize = 512;
+const MAX_TAGS: usize = 50;
+const MAX_ERROR_TEXT: usize = 2_048;
+const MAX_JSON: usize = 16 * 1024;
+
+/// A message id from the path; one that cannot exist is simply not found.
+#[derive(Debug)]
+pub struct IdPath(pub MessageId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        MessageId::parse(&raw).map(IdPath).map_err(|_| not_found())
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no message with this id".into())
+}
+
+/// `POST /messages` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Your id for the message (letters, digits, `-_.:@`, up to 128
+    /// characters); generated when absent. Registering the same id again
+    /// answers with it and changes nothing.
+    id: Option<String>,
+    recipient: Option<String>,
+    channel: Option<Channel>,
+    /// The provider the message is sent through (`sendgrid`, `twilio`, ...).
+    provider: Option<String>,
+    /// The provider's id for the message, if already known.
+    provider_message_id: Option<String>,
+    notification: Option<String>,
+    event: Option<String>,
+    list: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// Answer to `POST /messages`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestId {
+    /// The message's id.
+    #[serde(rename = "requestId")]
+    request_id: String,
+}
+
+fn text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.chars().count() > max => {
+            Err(ApiError::bad_request(format!("`{field}` must be at most {max} characters")))
+        }
+        Some(v) if v.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(format!("`{field}` must not contain control characters")))
+        }
+        Some(v) if v.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+fn json_size(field: &str, value: &impl Serialize) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(value).map_or(0, |v| v.len());
+    if size > MAX_JSON {
+        return Err(ApiError::bad_request(format!("`{field}` must be at most {MAX_JSON} bytes of JSON")));
+    }
+    Ok(())
+}
+
+fn provider_name(value: Option<String>) -> Result<Option<ProviderName>, ApiError> {
+    value.map(|p| ProviderName::parse(&p).map_err(|e| ApiError::bad_request(format!("`provider` {e}")))).transpose()
+}
+
+/// The `Idempotency-Key` header, if any.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::bad_request("`Idempotency-Key` must be 1 to 255 visible ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+impl RegisterRequest {
+    fn into_registration(self, idempotency_key: Option<String>, now: i64) -> Result<Registration, ApiError> {
+        let id = self
+            .id
+            .map(|id| MessageId::parse(&id).map_err(|e| ApiError::bad_request(format!("`id` {e}"))))
+            .transpose()?;
+        let provider = provider_name(self.provider)?;
+        let provider_message_id = text("provider_message_id", self.provider_message_id, ProviderRef::MAX_ID_LEN)?;
+        if provider_message_id.is_some() && provider.is_none() {
+            return Err(ApiError::bad_request("`provider_message_id` needs `provider`"));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ApiError::bad_request(format!("at most {MAX_TAGS} `tags`")));
+        }
+        let mut tags = Vec::with_capacity(self.tags.len());
+        for tag in self.tags {
+            let tag = text("tags", Some(tag), 128)?
+                .ok_or_else(|| ApiError::bad_request("`tags` must not contain empty strings"))?;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if let Some(metadata) = &self.metadata {
+            json_size("metadata", metadata)?;
+        }
+        Ok(Registration {
+            id,
+            idempotency_key,
+            recipient: text("recipient", self.recipient, MAX_RECIPIENT)?,
+            channel: self.channel,
+            provider,
+            provider_message_id,
+            notification: text("notification", self.notification, MAX_TEXT)?,
+            event: text("event", self.event, MAX_TEXT)?,
+            list: text("list", self.list, MAX_TEXT)?,
+            tags,
+            metadata: self.metadata.map(Value::Object),
+            ts: now,
+        })
+    }
+}
+
+/// Register a message. Idempotent by `id` and by the `Idempotency-Key`
+/// header: a repeat answers with the first registration's id.
+#[utoipa::path(
+    post, path = "/messages", tag = "messages",
+    request_body = RegisterRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
+    responses(
+        (status = 202, description = "Registered (or already registered)", body = RequestId),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn register_message(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RequestId>), ApiError> {
+    let registration = body.into_registration(idempotency_key(&headers)?, now_ms())?;
+    match state.submit_one(Command::Register(Box::new(registration))).await? {
+        Outcome::Registered { id, created } => {
+            if created {
+                tracing::debug!(message.id = %id, "message registered");
+            }
+            Ok((StatusCode::ACCEPTED, Json(RequestId { request_id: id.into() })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    ApiError::Internal(format!("unexpected ingest outcome {outcome:?}").into())
+}
+
+/// A time given as epoch milliseconds or RFC 3339 text.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TimeValue {
+    Millis(i64),
+    Text(String),
+}
+
+/// `POST /messages/{id}/events` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// Any status but ENQUEUED (set by registration).
+    status: String,
+    /// When it happened; defaults to now.
+    ts: Option<TimeValue>,
+    provider: Option<String>,
+    /// With SENT: the provider's id, which later callbacks are matched by.
+    provider_message_id: Option<String>,
+    /// One of Courier's reasons (BOUNCED, FAILED, FILTERED, ...).
+    reason: Option<String>,
+    error: Option<String>,
+    /// Your id for this event; a repeat with the same id changes nothing.
+    event_id: Option<String>,
+    /// Anything to keep in the history entry.
+    data: Option<Value>,
+}
+
+impl EventRequest {
+    fn into_command(self, id: MessageId, idempotency_key: Option<String>, now: i64) -> Result<Command, ApiError> {
+        let status = Status::parse(&self.status).ok_or_else(|| unknown_status(&self.status))?;
+        if status == Status::Enqueued {
+            return Err(ApiError::bad_request("ENQUEUED is set by registering the message"));
+        }
+        let ts = match self.ts {
+            None => now,
+            Some(TimeValue::Millis(ms)) => ms,
+            Some(TimeValue::Text(t)) => parse_time(&t)
+                .ok_or_else(|| ApiError::bad_request("`ts` must be epoch milliseconds or RFC 3339 text"))?,
+        };
+        let provider = provider_name(self.provider)?;
+        let pmid = text("provider_message_id", self.provider_message_id, ProviderRef::MAX_ID_LEN)?;
+        let provider_ref = match (&provider, pmid) {
+            (Some(p), Some(pmid)) => Some(
+                ProviderRef::new(p.clone(), &pmid)
+                    .map_err(|e| ApiError::bad_request(format!("`provider_message_id` {e}")))?,
+            ),
+            (None, Some(_)) => return Err(ApiError::bad_request("`provider_message_id` needs `provider`")),
+            _ => None,
+        };
+        let reason = self
+            .reason
+            .map(|r| {
+                Reason::parse(&r).ok_or_else(|| {
+                    let all: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                    ApiError::bad_request(format!("unknown reason `{r}`; expected one of {}", all.join(", ")))
+                })
+            })
+            .transpose()?;
+        let error = text("error", self.error, MAX_ERROR_TEXT)?;
+        if let Some(data) = &self.data {
+            json_size("data", data)?;
+        }
+        let event_id = text("event_id", self.event_id, MAX_TEXT)?;
+        let key = match (event_id, idempotency_key) {
+            (Some(e), _) => dedupe_key(&format!("api:{id}"), &e),
+            (None, Some(k)) => dedupe_key(&format!("api:{id}:idem"), &k),
+            (None, None) => hashed_dedupe_key(
+                "api",
+                &[
+                    id.as_str().as_bytes(),
+                    status.as_str().as_bytes(),
+                    &ts.to_be_bytes(),
+                    provider_ref.as_ref().map_or(&b""[..], |r| r.message_id.as_bytes()),
+                    reason.map_or(&b""[..], |r| r.as_str().as_bytes()),
+                    error.as_deref().unwrap_or("").as_bytes(),
+                ],
+            ),
+        };
+        let mut event = NormalizedEvent::status(status, ts, key);
+        event.provider = provider;
+        event.reason = reason;
+        event.error = error;
+        if let Some(data) = self.data {
+            event.detail.insert("data".into(), data);
+        }
+        Ok(Command::Event {
+            target: Target { id: Some(id), provider: provider_ref },
+            event: Box::new(event),
+            create: false,
+            want_message: true,
+        })
+    }
+}
+
+fn unknown_status(s: &str) -> ApiError {
+    let all: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+    ApiError::bad_request(format!("unknown status `{s}`; expected one of {}", all.join(", ")))
+}
+
+/// Report a sender-side status (ROUTED, SENT with the provider's id,
+/// UNROUTABLE, THROTTLED, DELAYED, FILTERED, ...). Answers with the message
+/// as it stands afterwards.
+#[utoipa::path(
+    post, path = "/messages/{id}/events", tag = "messages",
+    request_body = EventRequest,
+    params(("id" = String, Path, description = "Message id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Dedupes retries when `event_id` is absent")),
+    responses(
+        (status = 202, description = "Recorded (or a duplicate)", body = MessageView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn report_event(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<EventRequest>,
+) -> Result<Response, ApiError> {
+    let command = body.into_command(id.clone(), idempotency_key(&headers)?, now_ms())?;
+    match state.submit_one(command).await? {
+        Outcome::Applied { message: Some(message), .. } => Ok(accepted(&message)),
+        Outcome::Applied { .. } => {
+            // A duplicate: answer with the message as stored.
+            let message = state.store.get_message(&id).await?.ok_or_else(not_found)?;
+            Ok(accepted(&message))
+        }
+        Outcome::NotFound => Err(not_found()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn accepted(message: &MessageRecord) -> Response {
+    (StatusCode::ACCEPTED, Json(message.view())).into_response()
+}
+
+/// Cancel a message that has not been sent (ENQUEUED, ROUTED, THROTTLED or
+/// DIGESTED). Canceling a canceled message succeeds and changes nothing.
+#[utoipa::path(
+    post, path = "/messages/{id}/cancel", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 202, description = "Canceled", body = MessageView),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already sent or otherwise final", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn cancel_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> Result<Response, ApiError> {
+    match state.submit_one(Command::Cancel { id, ts: now_ms() }).await? {
+        Outcome::Canceled { message } => Ok(accepted(&message)),
+        Outcome::Conflict { status } => {
+            Err(ApiError::Conflict(format!("the message is {status} and can no longer be canceled")))
+        }
+        Outcome::NotFound => Err(not_found()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Query parameters of `GET /messages` (documentation; parsed by hand so
+/// that `status` may repeat).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// `paging.cursor` of the previous page.
+    cursor: Option<String>,
+    /// Statuses to include; repeat the parameter or separate with commas.
+    status: Option<Vec<String>>,
+    recipient: Option<String>,
+    notification: Option<String>,
+    event: Option<String>,
+    list: Option<String>,
+    #[serde(rename = "messageId")]
+    #[param(rename = "messageId")]
+    message_id: Option<String>,
+    provider: Option<String>,
+    tag: Option<String>,
+    /// Only messages enqueued at or after this time (epoch ms or RFC 3339).
+    enqueued_after: Option<String>,
+    /// Only messages enqueued before this time (epoch ms or RFC 3339).
+    enqueued_before: Option<String>,
+    /// Page size, 1 to 500 (default 20).
+    limit: Option<usize>,
+}
+
+const LIST_PARAMS: &[&str] = &[
+    "cursor",
+    "status",
+    "recipient",
+    "notification",
+    "event",
+    "list",
+    "messageId",
+    "provider",
+    "tag",
+    "enqueued_after",
+    "enqueued_before",
+    "limit",
+];
+
+/// `paging` of a list response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Paging {
+    /// Pass as `cursor` to get the next page; null on the last page.
+    cursor: Option<String>,
+    more: bool,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList<'a> {
+    paging: Paging,
+    results: Vec<MessageView<'a>>,
+}
+
+const CURSOR_VERSION: &str = "v1";
+
+/// An opaque position: the `(enqueued, id)` of the last message returned.
+pub fn encode_cursor(enqueued: i64, id: &MessageId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}:{enqueued}:{id}"))
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<(i64, MessageId)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(3, ':');
+    if parts.next()? != CURSOR_VERSION {
+        return None;
+    }
+    let enqueued = parts.next()?.parse().ok()?;
+    let id = MessageId::parse(parts.next()?).ok()?;
+    Some((enqueued, id))
+}
+
+fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
+    q.only(LIST_PARAMS)?;
+    let statuses = q
+        .many("status")
+        .into_iter()
+        .map(|s| Status::parse(s).ok_or_else(|| unknown_status(s)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = match q.one("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be an integer from 1 to {MAX_LIMIT}")))?,
+    };
+    let after = q
+        .one("cursor")?
+        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::bad_request("`cursor` is malformed")))
+        .transpose()?;
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        q.one(name)?
+            .map(|t| {
+                parse_time(t).ok_or_else(|| {
+                    ApiError::bad_request(format!("`{name}` must be epoch milliseconds or RFC 3339 text"))
+                })
+            })
+            .transpose()
+    };
+    let plain = |name: &str| -> Result<Option<String>, ApiError> { Ok(q.one(name)?.map(str::to_owned)) };
+    Ok(MessageQuery {
+        statuses,
+        recipient: plain("recipient")?,
+        notification: plain("notification")?,
+        event: plain("event")?,
+        list: plain("list")?,
+        message_id: q
+            .one("messageId")?
+            .map(|m| MessageId::parse(m).map_err(|e| ApiError::bad_request(format!("`messageId` {e}"))))
+            .transpose()?,
+        provider: q
+            .one("provider")?
+            .map(|p| ProviderName::parse(p).map_err(|e| ApiError::bad_request(format!("`provider` {e}"))))
+            .transpose()?,
+        tag: plain("tag")?,
+        enqueued_after: time("enqueued_after")?,
+        enqueued_before: time("enqueued_before")?,
+        after,
+        limit,
+    })
+}
+
+/// List messages, newest first, with filters and cursor paging.
+#[utoipa::path(
+    get, path = "/messages", tag = "messages",
+    params(ListParams),
+    responses(
+        (status = 200, body = MessageList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn list_messages(State(state): State<Arc<AppState>>, q: QueryPairs) -> Result<Response, ApiError> {
+    let query = list_query(&q)?;
+    let mut rows = state.store.list_messages(&query).await?;
+    let more = rows.len() > query.limit;
+    rows.truncate(query.limit);
+    let cursor = if more { rows.last().map(|m| encode_cursor(m.state.milestones.enqueued, &m.id)) } else { None };
+    let body = MessageList { paging: Paging { cursor, more }, results: rows.iter().map(MessageRecord::view).collect() };
+    Ok(Json(body).into_response())
+}
+
+/// One message.
+#[utoipa::path(
+    get, path = "/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = MessageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn get_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> Result<Response, ApiError> {
+    let message = state.store.get_message(&id).await?.ok_or_else(not_found)?;
+    Ok(Json(message.view()).into_response())
+}
+
+/// A message's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    /// Entries in time order: `{"ts": <epoch ms>, "type": "DELIVERED", ...}`.
+    #[schema(value_type = Vec<Object>)]
+    results: Vec<Value>,
+}
+
+/// Every event recorded for a message, in time order, optionally only of one `type`.
+#[utoipa::path(
+    get, path = "/messages/{id}/history", tag = "messages",
+    params(("id" = String, Path, description = "Message id"),
+           ("type" = Option<String>, Query, description = "Only entries of this type (DELIVERED, COMPLAINED, ...)")),
+    responses((status = 200, body = History), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn message_history(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath,
+    q: QueryPairs,
+) -> Result<Json<History>, ApiError> {
+    q.only(&["type"])?;
+    let kind = q
+        .one("type")?
+        .map(|t| {
+            if is_history_type(t) {
+                Ok(t.to_ascii_uppercase())
+            } else {
+                Err(ApiError::bad_request(format!("unknown history type `{t}`")))
+            }
+        })
+        .transpose()?;
+    let entries = state.store.history(&id, kind.as_deref()).await?.ok_or_else(not_found)?;
+    Ok(Json(History { results: entries.iter().map(|e| e.to_json()).collect() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let id = MessageId::parse("order:1").expect("id");
+        let c = encode_cursor(1_700_000_000_000, &id);
+        assert_eq!(decode_cursor(&c), Some((1_700_000_000_000, id)));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v2:1:x")), None);
+        assert_eq!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:x:y")), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! The HTTP edges: routing, authentication, request metrics and the error
+//! shape. Handlers validate input, turn it into ingest commands or store
+//! queries, and shape the answer; they hold no state of their own.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod messages;
+pub mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::ingest::{Command, Ingest, Outcome};
+use crate::store::Store;
+use auth::ApiKeys;
+use error::ApiError;
+use extract::BodyLimit;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub ingest: Ingest,
+    pub keys: ApiKeys,
+    pub metrics: PrometheusHandle,
+    /// `Retry-After` seconds for 503 answers.
+    pub retry_after: u64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("backend", &self.store.backend()).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Queues one command and waits for its committed outcome.
+    pub async fn submit_one(&self, command: Command) -> Result<Outcome, ApiError> {
+        let mut outcomes =
+            self.ingest.submit(vec![command]).await.map_err(|e| ApiError::from_ingest(e, self.retry_after))?;
+        outcomes.pop().ok_or_else(|| ApiError::Internal("ingest returned no outcome".into()))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hookrelay",
+        description = "Delivery-status relay: provider callbacks in, Courier-compatible message logs and signed \
+                       message:updated webhooks out."
+    ),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "messages", description = "Register messages, report statuses, read message logs"),
+        (name = "operations", description = "Health, readiness, metrics, this description"),
+    )
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and their OpenAPI description, before state is attached.
+pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let protected = OpenApiRouter::new()
+        .merge(messages::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(ops::routes()).split_for_parts()
+}
+
+/// The whole application router.
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    let (routes, doc) = api(&state);
+    let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
+    routes
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(Extension(ops::OpenApiJson(doc.into())))
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .with_state(state)
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match *method {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+/// Counts and times every request by route template (never by raw path,
+/// which would carry ids).
+async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed().as_secs_f64();
+    tracing::debug!(method, route = %route, status, elapsed_ms = elapsed * 1e3, "request");
+    metrics::counter!("hookrelay_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("hookrelay_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(elapsed);
+    response
+}

@@ -1,0 +1,74 @@
+//! What edges hand to the ingest queue, and what the batch writer answers.
+
+use serde_json::Value;
+
+use crate::domain::{Channel, MessageId, MessageRecord, NormalizedEvent, ProviderName, Status, Target};
+
+/// A sender registering a message (`POST /messages`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    /// The sender's id for the message; generated when absent.
+    pub id: Option<MessageId>,
+    /// A repeat with the same key answers with the first registration's id.
+    pub idempotency_key: Option<String>,
+    pub recipient: Option<String>,
+    pub channel: Option<Channel>,
+    pub provider: Option<ProviderName>,
+    pub provider_message_id: Option<String>,
+    pub notification: Option<String>,
+    pub event: Option<String>,
+    pub list: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: Option<Value>,
+    /// When the registration was received, epoch ms.
+    pub ts: i64,
+}
+
+/// One unit of work for the batch writer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Register(Box<Registration>),
+    /// Record an event about a message.
+    Event {
+        target: Target,
+        event: Box<NormalizedEvent>,
+        /// Create the message when no record matches (provider callbacks,
+        /// tracking hits); when false an unknown message is `NotFound`
+        /// (the sender API).
+        create: bool,
+        /// Return the message as it stands after the event.
+        want_message: bool,
+    },
+    /// Move a message that has not been sent to CANCELED.
+    Cancel {
+        id: MessageId,
+        ts: i64,
+    },
+}
+
+/// The writer's answer to one command, sent only after its batch committed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Registered {
+        id: MessageId,
+        /// False when an earlier registration (same id or idempotency key)
+        /// already existed.
+        created: bool,
+    },
+    Applied {
+        /// The message the event was recorded on (None for a duplicate whose
+        /// message could not be resolved without creating one).
+        id: Option<MessageId>,
+        duplicate: bool,
+        changed: bool,
+        message: Option<Box<MessageRecord>>,
+    },
+    Canceled {
+        message: Box<MessageRecord>,
+    },
+    /// The message is past the point where it could be canceled.
+    Conflict {
+        status: Status,
+    },
+    NotFound,
+}

@@ -1,0 +1,252 @@
+//! The ingest pipeline: one bounded queue from every edge to one batch
+//! writer, which applies a whole batch in ONE transaction and only then
+//! answers each waiting request (group commit).
+//!
+//! Why group commit: a durable commit costs an fsync. Sharing it between
+//! every request that arrived while the previous commit was in flight turns
+//! "one fsync per callback" into "one fsync per batch", so throughput grows
+//! with load instead of collapsing, and nothing is acknowledged before it is
+//! on disk.
+//!
+//! Why a bounded queue that refuses instead of waiting: a full queue means
+//! the database is not keeping up. Answering 503 with `Retry-After` at once
+//! hands the backlog back to the providers, who retry, instead of holding
+//! their connections until they time out (and retry anyway).
+
+pub mod command;
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use command::{Command, Outcome, Registration};
+
+use crate::clock::now_ms;
+use crate::config::IngestConfig;
+use crate::store::{Store, StoreError};
+
+/// Why a submission was not applied. Nothing was acknowledged; the caller
+/// answers 503 (or 500 for `Internal`) and the sender retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("the ingest queue is full")]
+    Overloaded,
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("hookrelay is shutting down")]
+    ShuttingDown,
+    #[error("the batch could not be applied")]
+    Internal,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Outcome>, IngestError>>;
+
+struct Job {
+    commands: Vec<Command>,
+    reply: Reply,
+}
+
+/// The edges' handle on the queue. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("commands", &self.commands.len()).finish()
+    }
+}
+
+impl Ingest {
+    /// Creates the queue and the writer that drains it.
+    pub fn new(store: Arc<dyn Store>, config: &IngestConfig) -> (Ingest, BatchWriter) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let writer = BatchWriter {
+            store,
+            rx,
+            max_events: config.batch_max_events,
+            max_wait: Duration::from_millis(config.batch_max_wait_ms),
+        };
+        (Ingest { tx }, writer)
+    }
+
+    /// Queues commands and waits until they are committed. Refuses at once
+    /// when the queue is full.
+    pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(Job { commands, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("hookrelay_ingest_rejected_total", "reason" => "queue_full").increment(1);
+                IngestError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+        })?;
+        answer.await.unwrap_or(Err(IngestError::ShuttingDown))
+    }
+
+    /// Requests waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Drains the queue into batched transactions.
+#[derive(Debug)]
+pub struct BatchWriter {
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Job>,
+    max_events: usize,
+    max_wait: Duration,
+}
+
+/// How often a batch that lost a race with another process is retried.
+const CONFLICT_RETRIES: usize = 8;
+
+impl BatchWriter {
+    /// Runs until `shutdown` fires, then stops accepting, commits what is
+    /// queued and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                job = self.rx.recv() => match job {
+                    Some(job) => self.run_batch(job).await,
+                    None => return,
+                },
+            }
+        }
+        self.rx.close();
+        while let Some(job) = self.rx.recv().await {
+            self.run_batch(job).await;
+        }
+        tracing::debug!("ingest writer drained");
+    }
+
+    /// Applies whatever is queued now as one batch; returns false when the
+    /// queue was empty (tests drive the writer with this).
+    pub async fn run_once(&mut self) -> bool {
+        match self.rx.try_recv() {
+            Ok(job) => {
+                self.run_batch(job).await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn run_batch(&mut self, first: Job) {
+        let mut jobs = vec![first];
+        let mut events = jobs[0].commands.len();
+        // Take everything already waiting, then optionally linger for more.
+        while events < self.max_events {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    events += job.commands.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if events < self.max_events && !self.max_wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.max_wait;
+            while events < self.max_events {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(job)) => {
+                        events += job.commands.len();
+                        jobs.push(job);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        metrics::gauge!("hookrelay_ingest_queue_depth").set(self.rx.len() as f64);
+        metrics::histogram!("hookrelay_ingest_batch_events").record(events as f64);
+
+        let mut sizes = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut commands = Vec::with_capacity(events);
+        for job in jobs {
+            sizes.push(job.commands.len());
+            replies.push(job.reply);
+            commands.extend(job.commands);
+        }
+        let commands: Arc<[Command]> = commands.into();
+        match self.apply(commands.clone()).await {
+            Ok(outcomes) => answer(sizes, replies, outcomes),
+            Err(StoreError::Other(e)) if replies.len() > 1 => {
+                // One request's data broke the batch: apply each request on
+                // its own so that only that one fails.
+                tracing::warn!(error = %e, requests = replies.len(), "batch failed; retrying requests one by one");
+                let mut start = 0;
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let part: Arc<[Command]> = commands[start..start + size].to_vec().into();
+                    start += size;
+                    let result = self.apply(part).await.map_err(|e| failure(&e));
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let err = failure(&e);
+                for reply in replies {
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, commands: Arc<[Command]>) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let result = self.store.apply_batch(commands.clone(), now_ms()).await;
+            metrics::histogram!("hookrelay_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Err(StoreError::Conflict(e)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    metrics::counter!("hookrelay_ingest_conflicts_total").increment(1);
+                    tracing::debug!(error = %e, attempt, "batch conflicted with another writer; retrying");
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=5 * attempt as u64))).await;
+                }
+                Ok(outcomes) => {
+                    metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
+                    return Ok(outcomes);
+                }
+                Err(e) => {
+                    metrics::counter!("hookrelay_ingest_batches_total", "result" => "failed").increment(1);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn failure(e: &StoreError) -> IngestError {
+    match e {
+        StoreError::Unavailable(source) => {
+            tracing::warn!(error = %source, "database unavailable; answering 503");
+            IngestError::Unavailable
+        }
+        StoreError::Conflict(source) => {
+            tracing::warn!(error = %source, "batch kept conflicting; answering 503");
+            IngestError::Unavailable
+        }
+        StoreError::Other(source) => {
+            tracing::error!(error = %source, "batch failed");
+            IngestError::Internal
+        }
+    }
+}
+
+fn answer(sizes: Vec<usize>, replies: Vec<Reply>, outcomes: Vec<Outcome>) {
+    let mut outcomes = outcomes.into_iter();
+    for (size, reply) in sizes.into_iter().zip(replies) {
+        let mine: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+        // The requester may have gone away; its events are committed anyway.
+        let _ = reply.send(Ok(mine));
+    }
+}

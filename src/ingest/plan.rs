@@ -1,0 +1,583 @@
+//! The batch planner. Pure: given the commands of one batch and the rows the
+//! store loaded for them, it decides every write of the transaction (message
+//! rows, history rows, merges, outbox deliveries) and every answer. Both store
+//! backends run exactly this code between their load and write steps, which
+//! is what keeps them in step.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::command::{Command, Outcome, Registration};
+use crate::domain::event::dedupe_key;
+use crate::domain::{
+    DeliveryId, EventKind, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
+};
+
+/// The keys the store must look up before planning a batch.
+#[derive(Debug, Default, PartialEq)]
+pub struct Lookups {
+    pub ids: Vec<MessageId>,
+    pub provider_refs: Vec<ProviderRef>,
+    pub idempotency_keys: Vec<String>,
+    pub dedupe_keys: Vec<String>,
+}
+
+impl Lookups {
+    pub fn for_batch(commands: &[Command]) -> Lookups {
+        let mut l = Lookups::default();
+        for command in commands {
+            match command {
+                Command::Register(r) => {
+                    if let Some(id) = &r.id {
+                        l.ids.push(id.clone());
+                    }
+                    if let Some(key) = &r.idempotency_key {
+                        l.idempotency_keys.push(key.clone());
+                    }
+                    if let Some(pref) = registration_ref(r) {
+                        l.provider_refs.push(pref);
+                    }
+                }
+                Command::Event { target, event, .. } => {
+                    if let Some(id) = &target.id {
+                        l.ids.push(id.clone());
+                    }
+                    if let Some(pref) = &target.provider {
+                        l.provider_refs.push(pref.clone());
+                    }
+                    l.dedupe_keys.push(event.dedupe_key.clone());
+                }
+                Command::Cancel { id, .. } => l.ids.push(id.clone()),
+            }
+        }
+        l.ids.sort();
+        l.ids.dedup();
+        l.provider_refs.sort_by(|a, b| (&a.provider, &a.message_id).cmp(&(&b.provider, &b.message_id)));
+        l.provider_refs.dedup();
+        l.idempotency_keys.sort();
+        l.idempotency_keys.dedup();
+        l.dedupe_keys.sort();
+        l.dedupe_keys.dedup();
+        l
+    }
+}
+
+fn registration_ref(r: &Registration) -> Option<ProviderRef> {
+    let provider = r.provider.clone()?;
+    ProviderRef::new(provider, r.provider_message_id.as_deref()?).ok()
+}
+
+/// What a subscription wants to hear about, as far as planning is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionFilter {
+    pub id: SubscriptionId,
+    /// Statuses to notify; `None` means all.
+    pub statuses: Option<Vec<Status>>,
+    /// Also notify history events that change no status.
+    pub all_events: bool,
+}
+
+impl SubscriptionFilter {
+    fn wants_status(&self, status: Status) -> bool {
+        self.statuses.as_ref().is_none_or(|s| s.contains(&status))
+    }
+}
+
+/// Everything the store found for a batch's lookups.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub messages: Vec<MessageRecord>,
+    pub existing_dedupe_keys: HashSet<String>,
+    pub subscriptions: Vec<SubscriptionFilter>,
+}
+
+/// A message row to write.
+#[derive(Debug)]
+pub struct MessageWrite {
+    pub record: MessageRecord,
+    /// Insert (it was not in the database) rather than update.
+    pub is_new: bool,
+    /// Rewrite its rows in `message_tags`.
+    pub tags_changed: bool,
+}
+
+/// A history row to insert.
+#[derive(Debug, PartialEq)]
+pub struct EventRow {
+    pub message_id: MessageId,
+    pub dedupe_key: String,
+    pub ts: i64,
+    pub received_at: i64,
+    pub kind: &'static str,
+    /// The history entry's fields besides `ts` and `type`, as JSON text.
+    pub detail: String,
+}
+
+/// An outbox row to insert.
+#[derive(Debug, PartialEq)]
+pub struct DeliveryRow {
+    pub id: DeliveryId,
+    pub subscription_id: SubscriptionId,
+    pub message_id: MessageId,
+    pub seq: i64,
+    pub kind: DeliveryKind,
+    /// The exact bytes that will be signed and sent.
+    pub payload: Vec<u8>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A status change.
+    Status,
+    /// A history event that changed no status (`all_events` subscribers).
+    Event,
+}
+
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Status => "status",
+            DeliveryKind::Event => "event",
+        }
+    }
+}
+
+/// Every write of one batch's transaction, in the order the store applies
+/// them, and the answers to send once it commits.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub messages: Vec<MessageWrite>,
+    pub events: Vec<EventRow>,
+    /// `(from, into)`: records found to be one message; `from` exists in the
+    /// database and its history and deliveries move to `into`.
+    pub merges: Vec<(MessageId, MessageId)>,
+    pub deliveries: Vec<DeliveryRow>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The outbound envelope, serialized once per transition.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: &'a str,
+    data: crate::domain::MessageView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a Value>,
+}
+
+/// Builds the JSON of one outbound `message:updated` payload.
+pub fn payload(record: &MessageRecord, timestamp: &str, event: Option<&Value>) -> Vec<u8> {
+    let envelope = Envelope { kind: "message:updated", timestamp, data: record.view(), event };
+    // Serializing plain data into a Vec cannot fail.
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+struct Work {
+    record: MessageRecord,
+    is_new: bool,
+    dirty: bool,
+    tags_changed: bool,
+}
+
+struct Planner<'a> {
+    now: i64,
+    timestamp: String,
+    subscriptions: &'a [SubscriptionFilter],
+    work: HashMap<MessageId, Work>,
+    by_ref: HashMap<ProviderRef, MessageId>,
+    by_idempotency: HashMap<String, MessageId>,
+    seen_keys: HashSet<String>,
+    existing_keys: HashSet<String>,
+    plan: Plan,
+}
+
+/// Plans one batch. `now` is epoch ms; `timestamp` its RFC 3339 form.
+pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -> Plan {
+    let Loaded { messages, existing_dedupe_keys, subscriptions } = loaded;
+    let mut p = Planner {
+        now,
+        timestamp,
+        subscriptions: &subscriptions,
+        work: HashMap::with_capacity(messages.len() + commands.len()),
+        by_ref: HashMap::new(),
+        by_idempotency: HashMap::new(),
+        seen_keys: HashSet::with_capacity(commands.len()),
+        existing_keys: existing_dedupe_keys,
+        plan: Plan::default(),
+    };
+    for record in messages {
+        p.index(&record);
+        p.work.insert(record.id.clone(), Work { record, is_new: false, dirty: false, tags_changed: false });
+    }
+    for command in commands {
+        let outcome = match command {
+            Command::Register(r) => p.register(r),
+            Command::Event { target, event, create, want_message } => p.event(target, event, *create, *want_message),
+            Command::Cancel { id, ts } => p.cancel(id, *ts),
+        };
+        p.plan.outcomes.push(outcome);
+    }
+    let mut plan = p.plan;
+    let mut writes: Vec<_> = p.work.into_values().filter(|w| w.dirty).collect();
+    for w in &mut writes {
+        w.record.updated_at = now;
+    }
+    // A stable order keeps row locks and inserts deterministic.
+    writes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+    plan.messages = writes
+        .into_iter()
+        .map(|w| MessageWrite { record: w.record, is_new: w.is_new, tags_changed: w.tags_changed })
+        .collect();
+    plan
+}
+
+impl Planner<'_> {
+    fn index(&mut self, record: &MessageRecord) {
+        if let (Some(provider), Some(pmid)) = (&record.provider, &record.provider_message_id)
+            && let Ok(r) = ProviderRef::new(provider.clone(), pmid)
+        {
+            self.by_ref.insert(r, record.id.clone());
+        }
+        if let Some(key) = &record.idempotency_key {
+            self.by_idempotency.insert(key.clone(), record.id.clone());
+        }
+    }
+
+    fn create(&mut self, id: MessageId, ts: i64) -> &mut Work {
+        let record = MessageRecord::new(id.clone(), ts.min(self.now));
+        self.work.entry(id).or_insert(Work { record, is_new: true, dirty: true, tags_changed: false })
+    }
+
+    fn register(&mut self, r: &Registration) -> Outcome {
+        if let Some(key) = &r.idempotency_key
+            && let Some(id) = self.by_idempotency.get(key)
+        {
+            return Outcome::Registered { id: id.clone(), created: false };
+        }
+        let pref = registration_ref(r);
+        let owner = pref.as_ref().and_then(|p| self.by_ref.get(p)).cloned();
+        let id = match (&r.id, &owner) {
+            (Some(id), _) => id.clone(),
+            // Callbacks got here first; the registration completes that record.
+            (None, Some(owner)) => owner.clone(),
+            (None, None) => MessageId::generate(),
+        };
+        if self.work.get(&id).is_some_and(|w| w.record.registered) {
+            // A repeat of an earlier registration: answer it, change nothing.
+            return Outcome::Registered { id, created: false };
+        }
+        let fresh = !self.work.contains_key(&id);
+        let work = self.create(id.clone(), r.ts);
+        fill_registration(&mut work.record, r);
+        work.dirty = true;
+        work.tags_changed |= !r.tags.is_empty();
+        if let Some(key) = &r.idempotency_key {
+            self.by_idempotency.insert(key.clone(), id.clone());
+        }
+        let mut event = NormalizedEvent::status(Status::Enqueued, r.ts, dedupe_key("enqueued", id.as_str()));
+        event.provider.clone_from(&r.provider);
+        if fresh {
+            // A first registration is the message's first transition (seq 1),
+            // which subscribers hear about.
+            if let Some(work) = self.work.get_mut(&id) {
+                work.record.state.seq = 1;
+            }
+            self.seen_keys.insert(event.dedupe_key.clone());
+            let row = self.history_row(id.clone(), &event);
+            self.plan.events.push(row);
+            self.notify(&id, Some(Status::Enqueued), None);
+        } else {
+            self.record_event(&id, &event);
+        }
+        if let Some(owner) = owner.filter(|o| *o != id) {
+            self.merge(&owner, &id);
+        }
+        if let Some(pref) = pref {
+            self.claim_ref(&id, pref);
+        }
+        Outcome::Registered { id, created: true }
+    }
+
+    fn event(&mut self, target: &Target, event: &NormalizedEvent, create: bool, want_message: bool) -> Outcome {
+        if self.existing_keys.contains(&event.dedupe_key) || self.seen_keys.contains(&event.dedupe_key) {
+            let known = self.resolve(target);
+            return Outcome::Applied { id: known, duplicate: true, changed: false, message: None };
+        }
+        // hookrelay's own id wins; the provider's id finds the record otherwise.
+        let owner = target.provider.as_ref().and_then(|p| self.by_ref.get(p)).cloned();
+        let id = match (&target.id, owner) {
+            (Some(id), _) if self.work.contains_key(id) => id.clone(),
+            (Some(_), _) | (None, None) if !create => return Outcome::NotFound,
+            (Some(id), _) => id.clone(),
+            (None, Some(owner)) => owner,
+            (None, None) => MessageId::generate(),
+        };
+        if !self.work.contains_key(&id) {
+            self.create(id.clone(), event.ts);
+        }
+        // The provider's id ties later callbacks (and a later registration)
+        // to this record; another record holding it is the same message.
+        if let Some(pref) = &target.provider {
+            if let Some(owner) = self.by_ref.get(pref).cloned().filter(|o| *o != id) {
+                self.merge(&owner, &id);
+            }
+            self.claim_ref(&id, pref.clone());
+        } else if let Some(provider) = &event.provider
+            && let Some(work) = self.work.get_mut(&id)
+            && work.record.provider.is_none()
+        {
+            work.record.provider = Some(provider.clone());
+            work.dirty = true;
+        }
+        let changed = self.record_event(&id, event);
+        let message = want_message.then(|| self.work.get(&id).map(|w| Box::new(w.record.clone()))).flatten();
+        Outcome::Applied { id: Some(id), duplicate: false, changed, message }
+    }
+
+    fn cancel(&mut self, id: &MessageId, ts: i64) -> Outcome {
+        let Some(work) = self.work.get(id) else {
+            return Outcome::NotFound;
+        };
+        let status = work.record.state.status;
+        if status == Status::Canceled {
+            return Outcome::Canceled { message: Box::new(work.record.clone()) };
+        }
+        if !status.is_cancelable() {
+            return Outcome::Conflict { status };
+        }
+        let event = NormalizedEvent::status(Status::Canceled, ts, dedupe_key("canceled", id.as_str()));
+        self.record_event(id, &event);
+        match self.work.get(id) {
+            Some(w) => Outcome::Canceled { message: Box::new(w.record.clone()) },
+            None => Outcome::NotFound,
+        }
+    }
+
+    /// Finds the record a target names, without creating one.
+    fn resolve(&self, target: &Target) -> Option<MessageId> {
+        if let Some(id) = &target.id
+            && self.work.contains_key(id)
+        {
+            return Some(id.clone());
+        }
+        if let Some(pref) = &target.provider
+            && let Some(id) = self.by_ref.get(pref)
+        {
+            return Some(id.clone());
+        }
+        None
+    }
+
+    /// Gives `id` the provider reference if it has none yet.
+    fn claim_ref(&mut self, id: &MessageId, pref: ProviderRef) {
+        let Some(work) = self.work.get_mut(id) else { return };
+        let record = &mut work.record;
+        if record.provider_message_id.is_some() {
+            return;
+        }
+        if record.provider.as_ref().is_some_and(|p| *p != pref.provider) {
+            // Registered for one provider, now reported by another (a
+            // failover): keep the first provider's name, record the id.
+        } else {
+            record.provider = Some(pref.provider.clone());
+        }
+        record.provider_message_id = Some(pref.message_id.clone());
+        work.dirty = true;
+        self.by_ref.insert(pref, id.clone());
+    }
+
+    /// Appends one history event to a record, applies it, and plans the
+    /// deliveries it causes. Returns whether the status changed.
+    fn record_event(&mut self, id: &MessageId, event: &NormalizedEvent) -> bool {
+        self.seen_keys.insert(event.dedupe_key.clone());
+        let Some(work) = self.work.get_mut(id) else { return false };
+        let changed = match event.effective_status() {
+            Some(status) => {
+                let before = work.record.state.milestones;
+                let changed = work.record.state.apply(status, event.ts, event.reason, event.error.as_deref());
+                if changed || before != work.record.state.milestones {
+                    work.dirty = true;
+                    work.tags_changed |=
+                        before.enqueued != work.record.state.milestones.enqueued && !work.record.tags.is_empty();
+                }
+                changed
+            }
+            None => false,
+        };
+        let row = self.history_row(id.clone(), event);
+        if changed {
+            self.notify(id, event.effective_status(), None);
+        } else if self.subscriptions.iter().any(|s| s.all_events) {
+            let entry = history_entry(&row);
+            self.notify(id, None, Some(&entry));
+        }
+        self.plan.events.push(row);
+        changed
+    }
+
+    fn history_row(&self, message_id: MessageId, event: &NormalizedEvent) -> EventRow {
+        EventRow {
+            message_id,
+            dedupe_key: event.dedupe_key.clone(),
+            ts: event.ts,
+            received_at: self.now,
+            kind: event.kind.history_type(),
+            detail: serde_json::to_string(&event.history_detail()).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+
+    /// Plans one delivery per interested subscription: for a status change
+    /// when `status` is set, for a history-only event otherwise.
+    fn notify(&mut self, id: &MessageId, status: Option<Status>, event: Option<&Value>) {
+        let Some(work) = self.work.get(id) else { return };
+        let mut payload_bytes: Option<Vec<u8>> = None;
+        for sub in self.subscriptions {
+            let wanted = match status {
+                Some(status) => sub.wants_status(status),
+                None => sub.all_events,
+            };
+            if !wanted {
+                continue;
+            }
+            let bytes = payload_bytes.get_or_insert_with(|| payload(&work.record, &self.timestamp, event));
+            self.plan.deliveries.push(DeliveryRow {
+                id: DeliveryId::generate(),
+                subscription_id: sub.id.clone(),
+                message_id: id.clone(),
+                seq: work.record.state.seq,
+                kind: if status.is_some() { DeliveryKind::Status } else { DeliveryKind::Event },
+                payload: bytes.clone(),
+                created_at: self.now,
+            });
+        }
+    }
+
+    /// Folds record `from` into record `into`: states join, empty fields are
+    /// filled, history and deliveries move.
+    fn merge(&mut self, from: &MessageId, into: &MessageId) {
+        let Some(source) = self.work.remove(from) else { return };
+        let changed = {
+            let Some(target) = self.work.get_mut(into) else {
+                self.work.insert(from.clone(), source);
+                return;
+            };
+            let t = &mut target.record;
+            let s = &source.record;
+            let changed = t.state.merge(&s.state);
+            t.registered |= s.registered;
+            fill(&mut t.recipient, &s.recipient);
+            if t.channel.is_none() {
+                t.channel = s.channel;
+            }
+            if t.provider_message_id.is_none() {
+                t.provider.clone_from(&s.provider);
+                t.provider_message_id.clone_from(&s.provider_message_id);
+            }
+            fill(&mut t.notification, &s.notification);
+            fill(&mut t.event, &s.event);
+            fill(&mut t.list, &s.list);
+            fill(&mut t.idempotency_key, &s.idempotency_key);
+            if t.metadata.is_none() {
+                t.metadata.clone_from(&s.metadata);
+            }
+            for tag in &s.tags {
+                if !t.tags.contains(tag) {
+                    t.tags.push(tag.clone());
+                }
+            }
+            target.dirty = true;
+            target.tags_changed = true;
+            changed
+        };
+        // Re-point everything already planned for `from`.
+        for row in &mut self.plan.events {
+            if row.message_id == *from {
+                row.message_id = into.clone();
+            }
+        }
+        for row in &mut self.plan.deliveries {
+            if row.message_id == *from {
+                row.message_id = into.clone();
+            }
+        }
+        for (_, target) in &mut self.plan.merges {
+            if target == from {
+                *target = into.clone();
+            }
+        }
+        if !source.is_new {
+            self.plan.merges.push((from.clone(), into.clone()));
+        }
+        for id in self.by_ref.values_mut().chain(self.by_idempotency.values_mut()) {
+            if id == from {
+                *id = into.clone();
+            }
+        }
+        if changed {
+            let status = self.work.get(into).map(|w| w.record.state.status);
+            self.notify(into, status, None);
+        }
+    }
+}
+
+fn fill(slot: &mut Option<String>, from: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
+}
+
+/// Registration fields win over what callbacks inferred.
+fn fill_registration(record: &mut MessageRecord, r: &Registration) {
+    record.registered = true;
+    let set = |slot: &mut Option<String>, v: &Option<String>| {
+        if v.is_some() {
+            slot.clone_from(v);
+        }
+    };
+    set(&mut record.recipient, &r.recipient);
+    set(&mut record.notification, &r.notification);
+    set(&mut record.event, &r.event);
+    set(&mut record.list, &r.list);
+    if r.channel.is_some() {
+        record.channel = r.channel;
+    }
+    if record.provider.is_none() {
+        record.provider.clone_from(&r.provider);
+    }
+    if !r.tags.is_empty() {
+        record.tags.clone_from(&r.tags);
+    }
+    if r.metadata.is_some() {
+        record.metadata.clone_from(&r.metadata);
+    }
+    if record.idempotency_key.is_none() {
+        record.idempotency_key.clone_from(&r.idempotency_key);
+    }
+    record.state.milestones.enqueued = record.state.milestones.enqueued.min(r.ts);
+}
+
+/// The public JSON of a history row (as `GET /messages/{id}/history` shows it).
+pub fn history_entry(row: &EventRow) -> Value {
+    let mut entry = Map::new();
+    entry.insert("ts".into(), Value::from(row.ts));
+    entry.insert("type".into(), Value::from(row.kind));
+    if let Ok(Value::Object(detail)) = serde_json::from_str::<Value>(&row.detail) {
+        entry.extend(detail);
+    }
+    Value::Object(entry)
+}
+
+/// The kind of a history event named by `?type=`, if it is one hookrelay writes.
+pub fn is_history_type(s: &str) -> bool {
+    Status::parse(s).is_some()
+        || [EventKind::Complained, EventKind::Unsubscribed, EventKind::Resubscribed, EventKind::Unknown]
+            .iter()
+            .any(|k| k.history_type().eq_ignore_ascii_case(s))
+}
+
+#[cfg(test)]
+mod tests;

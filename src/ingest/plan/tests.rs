@@ -1,0 +1,300 @@
+use super::*;
+use crate::domain::{EventKind, ProviderName, Reason};
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn reg(id: Option<&str>) -> Registration {
+    Registration {
+        id: id.map(|s| MessageId::parse(s).expect("id")),
+        idempotency_key: None,
+        recipient: Some("someone@example.com".into()),
+        channel: Some(crate::domain::Channel::Email),
+        provider: None,
+        provider_message_id: None,
+        notification: Some("welcome".into()),
+        event: None,
+        list: None,
+        tags: vec!["a".into()],
+        metadata: None,
+        ts: NOW - 10,
+    }
+}
+
+fn pref(pmid: &str) -> ProviderRef {
+    ProviderRef::new(ProviderName::parse("sendgrid").expect("name"), pmid).expect("ref")
+}
+
+fn ev(status: Status, key: &str, ts: i64) -> Box<NormalizedEvent> {
+    Box::new(NormalizedEvent::status(status, ts, key.into()))
+}
+
+fn callback(pmid: &str, status: Status, key: &str) -> Command {
+    Command::Event {
+        target: Target { id: None, provider: Some(pref(pmid)) },
+        event: ev(status, key, NOW - 5),
+        create: true,
+        want_message: false,
+    }
+}
+
+fn sub(id: &str, statuses: Option<Vec<Status>>, all_events: bool) -> SubscriptionFilter {
+    SubscriptionFilter { id: SubscriptionId::parse(id).expect("sub id"), statuses, all_events }
+}
+
+fn run(commands: &[Command], loaded: Loaded) -> Plan {
+    plan(commands, loaded, NOW, "2023-11-14T22:13:20Z".into())
+}
+
+fn stored(plan: &Plan, id: &str) -> MessageRecord {
+    plan.messages.iter().find(|m| m.record.id.as_str() == id).map(|m| m.record.clone()).expect("written")
+}
+
+#[test]
+fn a_registration_is_the_first_transition() {
+    let loaded = Loaded { subscriptions: vec![sub("sub_a", None, false)], ..Loaded::default() };
+    let plan = run(&[Command::Register(Box::new(reg(Some("m1"))))], loaded);
+    assert_eq!(plan.outcomes, vec![Outcome::Registered { id: MessageId::parse("m1").expect("id"), created: true }]);
+    let m = stored(&plan, "m1");
+    assert!(m.registered);
+    assert_eq!(m.state.status, Status::Enqueued);
+    assert_eq!(m.state.seq, 1);
+    assert_eq!(m.state.milestones.enqueued, NOW - 10);
+    assert!(plan.messages[0].is_new && plan.messages[0].tags_changed);
+    assert_eq!(plan.events.len(), 1);
+    assert_eq!(plan.events[0].kind, "ENQUEUED");
+    assert_eq!(plan.deliveries.len(), 1);
+    let body: Value = serde_json::from_slice(&plan.deliveries[0].payload).expect("json");
+    assert_eq!(body["type"], "message:updated");
+    assert_eq!(body["data"]["id"], "m1");
+    assert_eq!(body["data"]["seq"], 1);
+    assert_eq!(body["timestamp"], "2023-11-14T22:13:20Z");
+}
+
+#[test]
+fn repeats_and_idempotency_keys_answer_the_first_registration() {
+    let mut existing = MessageRecord::new(MessageId::parse("m1").expect("id"), NOW - 100);
+    existing.registered = true;
+    existing.idempotency_key = Some("key-1".into());
+    let loaded = Loaded { messages: vec![existing], ..Loaded::default() };
+    let mut by_key = reg(None);
+    by_key.idempotency_key = Some("key-1".into());
+    let mut fresh_key = reg(None);
+    fresh_key.idempotency_key = Some("key-2".into());
+    let mut fresh_key_again = fresh_key.clone();
+    fresh_key_again.recipient = Some("other@example.com".into());
+    let plan = run(
+        &[
+            Command::Register(Box::new(reg(Some("m1")))),
+            Command::Register(Box::new(by_key)),
+            Command::Register(Box::new(fresh_key)),
+            Command::Register(Box::new(fresh_key_again)),
+        ],
+        loaded,
+    );
+    let m1 = MessageId::parse("m1").expect("id");
+    assert_eq!(plan.outcomes[0], Outcome::Registered { id: m1.clone(), created: false });
+    assert_eq!(plan.outcomes[1], Outcome::Registered { id: m1, created: false });
+    let Outcome::Registered { id: new_id, created: true } = &plan.outcomes[2] else {
+        panic!("expected a new registration: {:?}", plan.outcomes[2]);
+    };
+    assert_eq!(plan.outcomes[3], Outcome::Registered { id: new_id.clone(), created: false });
+    assert_eq!(plan.messages.len(), 1, "only the new message is written");
+    assert_eq!(plan.events.len(), 1);
+}
+
+#[test]
+fn callbacks_before_registration_are_kept_and_merged() {
+    // First batch: a delivery callback for a message nobody registered yet.
+    let plan1 = run(&[callback("pm-1", Status::Delivered, "sg:e1")], Loaded::default());
+    let created = stored(&plan1, plan1.messages[0].record.id.as_str());
+    assert!(!created.registered);
+    assert_eq!(created.state.status, Status::Delivered);
+    assert_eq!(created.provider_message_id.as_deref(), Some("pm-1"));
+
+    // Second batch: the sender registers it under its own id.
+    let mut r = reg(Some("order-7"));
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm-1".into());
+    let subs = vec![sub("sub_a", None, false)];
+    let plan2 = run(
+        &[Command::Register(Box::new(r))],
+        Loaded { messages: vec![created.clone()], subscriptions: subs, ..Loaded::default() },
+    );
+    let merged = stored(&plan2, "order-7");
+    assert!(merged.registered);
+    assert_eq!(merged.state.status, Status::Delivered);
+    assert_eq!(merged.state.milestones.delivered, Some(NOW - 5));
+    assert_eq!(merged.recipient.as_deref(), Some("someone@example.com"));
+    assert_eq!(merged.provider_message_id.as_deref(), Some("pm-1"));
+    assert_eq!(plan2.merges, vec![(created.id.clone(), merged.id.clone())]);
+    assert!(plan2.messages.iter().all(|m| m.record.id != created.id), "the old record is not rewritten");
+    // seq keeps growing past what subscribers saw for either record.
+    assert!(merged.state.seq > created.state.seq);
+    let last: Value = serde_json::from_slice(&plan2.deliveries.last().expect("delivery").payload).expect("json");
+    assert_eq!(last["data"]["status"], "DELIVERED");
+
+    // Without an id of its own, the registration completes the record.
+    let mut r = reg(None);
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm-1".into());
+    let plan3 = run(&[Command::Register(Box::new(r))], Loaded { messages: vec![created.clone()], ..Loaded::default() });
+    assert_eq!(plan3.outcomes[0], Outcome::Registered { id: created.id.clone(), created: true });
+    assert!(plan3.merges.is_empty());
+    assert_eq!(stored(&plan3, created.id.as_str()).state.status, Status::Delivered);
+}
+
+#[test]
+fn merges_inside_one_batch_never_touch_the_database_twice() {
+    let mut r = reg(Some("order-8"));
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm-2".into());
+    let plan = run(
+        &[
+            callback("pm-2", Status::Sent, "sg:a"),
+            Command::Register(Box::new(r)),
+            callback("pm-2", Status::Opened, "sg:b"),
+        ],
+        Loaded::default(),
+    );
+    assert!(plan.merges.is_empty());
+    assert_eq!(plan.messages.len(), 1);
+    let m = stored(&plan, "order-8");
+    assert_eq!(m.state.status, Status::Opened);
+    assert!(plan.events.iter().all(|e| e.message_id.as_str() == "order-8"));
+    assert_eq!(plan.events.len(), 3);
+}
+
+#[test]
+fn duplicates_change_nothing() {
+    let loaded = Loaded { existing_dedupe_keys: ["sg:old".to_owned()].into(), ..Loaded::default() };
+    let plan = run(
+        &[
+            callback("pm-3", Status::Delivered, "sg:old"),
+            callback("pm-3", Status::Delivered, "sg:new"),
+            callback("pm-3", Status::Delivered, "sg:new"),
+        ],
+        loaded,
+    );
+    let flags: Vec<_> = plan.outcomes.iter().map(|o| matches!(o, Outcome::Applied { duplicate: true, .. })).collect();
+    assert_eq!(flags, vec![true, false, true]);
+    assert_eq!(plan.events.len(), 1);
+    assert_eq!(plan.messages.len(), 1);
+}
+
+#[test]
+fn the_sender_api_does_not_create_messages() {
+    let command = Command::Event {
+        target: Target { id: Some(MessageId::parse("nobody").expect("id")), provider: None },
+        event: ev(Status::Sent, "api:x", NOW),
+        create: false,
+        want_message: true,
+    };
+    let plan = run(&[command], Loaded::default());
+    assert_eq!(plan.outcomes, vec![Outcome::NotFound]);
+    assert!(plan.messages.is_empty() && plan.events.is_empty());
+}
+
+#[test]
+fn sender_events_attach_the_provider_id() {
+    let mut m = MessageRecord::new(MessageId::parse("m5").expect("id"), NOW - 100);
+    m.registered = true;
+    let command = Command::Event {
+        target: Target { id: Some(m.id.clone()), provider: Some(pref("pm-5")) },
+        event: ev(Status::Sent, "api:s", NOW - 50),
+        create: false,
+        want_message: true,
+    };
+    let plan =
+        run(&[command, callback("pm-5", Status::Delivered, "sg:d")], Loaded { messages: vec![m], ..Loaded::default() });
+    let Outcome::Applied { message: Some(message), changed: true, .. } = &plan.outcomes[0] else {
+        panic!("{:?}", plan.outcomes[0]);
+    };
+    assert_eq!(message.state.status, Status::Sent);
+    assert_eq!(stored(&plan, "m5").state.status, Status::Delivered);
+    assert_eq!(stored(&plan, "m5").provider.as_ref().map(ProviderName::as_str), Some("sendgrid"));
+}
+
+#[test]
+fn cancel_only_before_sending() {
+    let mut queued = MessageRecord::new(MessageId::parse("q").expect("id"), NOW);
+    queued.registered = true;
+    let mut sent = queued.clone();
+    sent.id = MessageId::parse("s").expect("id");
+    sent.state.apply(Status::Sent, NOW, None, None);
+    let loaded = Loaded { messages: vec![queued, sent], ..Loaded::default() };
+    let plan = run(
+        &[
+            Command::Cancel { id: MessageId::parse("q").expect("id"), ts: NOW },
+            Command::Cancel { id: MessageId::parse("q").expect("id"), ts: NOW },
+            Command::Cancel { id: MessageId::parse("s").expect("id"), ts: NOW },
+            Command::Cancel { id: MessageId::parse("zz").expect("id"), ts: NOW },
+        ],
+        loaded,
+    );
+    assert!(matches!(&plan.outcomes[0], Outcome::Canceled { message } if message.state.status == Status::Canceled));
+    assert!(matches!(&plan.outcomes[1], Outcome::Canceled { .. }));
+    assert_eq!(plan.outcomes[2], Outcome::Conflict { status: Status::Sent });
+    assert_eq!(plan.outcomes[3], Outcome::NotFound);
+    assert_eq!(plan.events.len(), 1);
+}
+
+#[test]
+fn subscriptions_hear_what_they_asked_for() {
+    let subs = vec![
+        sub("sub_all", None, false),
+        sub("sub_bounces", Some(vec![Status::Undeliverable]), false),
+        sub("sub_everything", None, true),
+    ];
+    let mut complaint = NormalizedEvent::status(Status::Sent, NOW, "sg:c".into());
+    complaint.kind = EventKind::Complained;
+    let mut bounce = NormalizedEvent::status(Status::Undeliverable, NOW, "sg:b".into());
+    bounce.reason = Some(Reason::Bounced);
+    let commands = [
+        callback("pm-9", Status::Delivered, "sg:d"),
+        Command::Event {
+            target: Target { id: None, provider: Some(pref("pm-9")) },
+            event: Box::new(complaint),
+            create: true,
+            want_message: false,
+        },
+        Command::Event {
+            target: Target { id: None, provider: Some(pref("pm-9")) },
+            event: Box::new(bounce),
+            create: true,
+            want_message: false,
+        },
+    ];
+    let plan = run(&commands, Loaded { subscriptions: subs, ..Loaded::default() });
+    let to = |s: &str| plan.deliveries.iter().filter(|d| d.subscription_id.as_str() == s).count();
+    assert_eq!(to("sub_all"), 2, "DELIVERED and UNDELIVERABLE");
+    assert_eq!(to("sub_bounces"), 1);
+    assert_eq!(to("sub_everything"), 3, "both changes and the complaint");
+    let complaint_delivery = plan
+        .deliveries
+        .iter()
+        .find(|d| d.kind == DeliveryKind::Event)
+        .map(|d| serde_json::from_slice::<Value>(&d.payload).expect("json"))
+        .expect("event delivery");
+    assert_eq!(complaint_delivery["event"]["type"], "COMPLAINED");
+    assert_eq!(complaint_delivery["data"]["status"], "DELIVERED");
+    let seqs: Vec<_> =
+        plan.deliveries.iter().filter(|d| d.subscription_id.as_str() == "sub_all").map(|d| d.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+#[test]
+fn lookups_cover_every_key() {
+    let mut r = reg(Some("m1"));
+    r.idempotency_key = Some("k".into());
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm".into());
+    let l = Lookups::for_batch(&[
+        Command::Register(Box::new(r)),
+        callback("pm", Status::Sent, "sg:1"),
+        Command::Cancel { id: MessageId::parse("m2").expect("id"), ts: 0 },
+    ]);
+    assert_eq!(l.ids.len(), 2);
+    assert_eq!(l.provider_refs, vec![pref("pm")]);
+    assert_eq!(l.idempotency_keys, vec!["k".to_owned()]);
+    assert_eq!(l.dedupe_keys, vec!["sg:1".to_owned()]);
+}

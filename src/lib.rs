@@ -1,0 +1,34 @@
+//! hookrelay: a self-hosted delivery-status relay.
+//!
+//! Providers' delivery callbacks, tracking hits and senders' reports come in
+//! at the edges, become normalized events, go through one bounded queue to a
+//! batch writer that applies them in one transaction per batch, and are
+//! served back as Courier-compatible message logs.
+//!
+//! The map:
+//!
+//! - [`domain`]: ids, statuses, normalized events, the message record, and
+//!   the status state machine. Pure: no I/O, no clock.
+//! - [`ingest`]: the queue and batch writer (I/O), and [`ingest::plan`], the
+//!   pure planner deciding every write and answer of a batch.
+//! - [`store`]: the one storage interface and its PostgreSQL and SQLite
+//!   implementations. SQL only; no status rules.
+//! - [`http`]: the edges. Validate input, submit commands or query the
+//!   store, shape answers. No state of their own.
+//! - [`config`]: the configuration tree, layered and validated.
+//! - [`app`]: wires the parts together and owns start-up and shutdown.
+//! - [`telemetry`], [`clock`]: logging, metrics, wall-clock helpers.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;

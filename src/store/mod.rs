@@ -1,0 +1,365 @@
+//! Persistence. One [`Store`] interface, two implementations: PostgreSQL
+//! (`postgres`) and an embedded SQLite file (`sqlite`), kept in step by one
+//! shared test suite and by sharing everything that is not SQL dialect: the
+//! batch planner (`ingest::plan`), the list-query builder and row decoding
+//! below. Migrations live beside each implementation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+use crate::domain::event::Reason;
+use crate::domain::{Channel, MessageId, MessageRecord, MessageState, Milestones, ProviderName, Status};
+use crate::ingest::{Command, Outcome};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Which implementation a store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (down, pool exhausted, timed out).
+    /// Edges answer 503 so that callers retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A transaction lost a race with another writer (unique violation,
+    /// deadlock, serialization failure); retrying it will succeed.
+    #[error("write conflict: {0}")]
+    Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug or data the database refused.
+    #[error("database error: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn other(message: impl Into<String>) -> Self {
+        StoreError::Other(message.into().into())
+    }
+}
+
+/// Filters and position for `GET /messages`. Results are newest first,
+/// ordered by `(enqueued, id)` descending.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessageQuery {
+    pub statuses: Vec<Status>,
+    pub recipient: Option<String>,
+    pub notification: Option<String>,
+    pub event: Option<String>,
+    pub list: Option<String>,
+    pub message_id: Option<MessageId>,
+    pub provider: Option<ProviderName>,
+    pub tag: Option<String>,
+    /// Only messages enqueued at or after this time (epoch ms).
+    pub enqueued_after: Option<i64>,
+    /// Only messages enqueued before this time (epoch ms).
+    pub enqueued_before: Option<i64>,
+    /// Continue after this `(enqueued, id)` position.
+    pub after: Option<(i64, MessageId)>,
+    /// Rows to return; the store fetches one more to learn if there are more.
+    pub limit: usize,
+}
+
+/// One history entry as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub ts: i64,
+    pub kind: String,
+    pub detail: Map<String, Value>,
+}
+
+impl HistoryEntry {
+    /// The public JSON: `{"ts":..., "type":..., ...detail}`.
+    pub fn to_json(&self) -> Value {
+        let mut entry = Map::with_capacity(self.detail.len() + 2);
+        entry.insert("ts".into(), Value::from(self.ts));
+        entry.insert("type".into(), Value::from(self.kind.as_str()));
+        for (k, v) in &self.detail {
+            entry.insert(k.clone(), v.clone());
+        }
+        Value::Object(entry)
+    }
+}
+
+/// The storage interface every part of hookrelay uses.
+#[async_trait]
+pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Brings the schema up to date. Safe to run from several processes.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Applies one batch of ingest commands in ONE transaction: dedupe,
+    /// transitions, history and outbox rows. Returns one outcome per command,
+    /// only after the commit.
+    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError>;
+
+    async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Up to `query.limit + 1` messages.
+    async fn list_messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// The history of a message in order, `None` when the message is unknown.
+    async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
+
+    /// SHA-256 hashes (hex) of the API keys stored in the database.
+    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError>;
+
+    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError>;
+}
+
+/// Opens (and migrates) the store named by the configuration.
+pub async fn open(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let url = DatabaseUrl::parse(&config.url).map_err(StoreError::other)?;
+    let store: Arc<dyn Store> = match url {
+        DatabaseUrl::Postgres(url) => Arc::new(postgres::PgStore::connect(&url, config)?),
+        DatabaseUrl::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(&path, config)?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The columns of `messages`, in the order every SELECT uses.
+pub(crate) const MESSAGE_COLUMNS: [&str; 22] = [
+    "id",
+    "status",
+    "seq",
+    "enqueued_at",
+    "sent_at",
+    "delivered_at",
+    "opened_at",
+    "clicked_at",
+    "reason",
+    "error",
+    "registered",
+    "recipient",
+    "channel",
+    "provider",
+    "provider_message_id",
+    "notification",
+    "event",
+    "list",
+    "tags",
+    "metadata",
+    "idempotency_key",
+    "updated_at",
+];
+
+/// `m.id, m.status, ...` for SELECTs.
+pub(crate) fn message_select_list(alias: &str) -> String {
+    MESSAGE_COLUMNS.iter().map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Read access to one result row, whichever driver produced it.
+pub(crate) trait RowLike {
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    fn boolean(&self, i: usize) -> Result<bool, StoreError>;
+}
+
+fn required<T>(v: Option<T>, column: &str) -> Result<T, StoreError> {
+    v.ok_or_else(|| StoreError::other(format!("messages.{column} is NULL")))
+}
+
+/// Decodes a row selected with [`MESSAGE_COLUMNS`].
+pub(crate) fn decode_message(row: &impl RowLike) -> Result<MessageRecord, StoreError> {
+    let status_text = required(row.text(1)?, "status")?;
+    let status = Status::parse(&status_text)
+        .ok_or_else(|| StoreError::other(format!("unknown status {status_text:?} in messages")))?;
+    let tags: Vec<String> = match row.text(18)? {
+        Some(t) => serde_json::from_str(&t).map_err(|e| StoreError::Other(e.into()))?,
+        None => Vec::new(),
+    };
+    let metadata = match row.text(19)? {
+        Some(t) => Some(serde_json::from_str(&t).map_err(|e| StoreError::Other(e.into()))?),
+        None => None,
+    };
+    Ok(MessageRecord {
+        id: MessageId::from_trusted(required(row.text(0)?, "id")?),
+        state: MessageState {
+            status,
+            seq: required(row.int(2)?, "seq")?,
+            milestones: Milestones {
+                enqueued: required(row.int(3)?, "enqueued_at")?,
+                sent: row.int(4)?,
+                delivered: row.int(5)?,
+                opened: row.int(6)?,
+                clicked: row.int(7)?,
+            },
+            reason: row.text(8)?.as_deref().and_then(Reason::parse),
+            error: row.text(9)?,
+        },
+        registered: row.boolean(10)?,
+        recipient: row.text(11)?,
+        channel: row.text(12)?.as_deref().and_then(Channel::parse),
+        provider: row.text(13)?.map(ProviderName::from_trusted),
+        provider_message_id: row.text(14)?,
+        notification: row.text(15)?,
+        event: row.text(16)?,
+        list: row.text(17)?,
+        tags,
+        metadata,
+        idempotency_key: row.text(20)?,
+        updated_at: required(row.int(21)?, "updated_at")?,
+    })
+}
+
+/// A message record flattened into column values for writing.
+pub(crate) struct MessageColumns<'a> {
+    pub id: &'a str,
+    pub status: &'static str,
+    pub seq: i64,
+    pub enqueued_at: i64,
+    pub sent_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub opened_at: Option<i64>,
+    pub clicked_at: Option<i64>,
+    pub reason: Option<&'static str>,
+    pub error: Option<&'a str>,
+    pub registered: bool,
+    pub recipient: Option<&'a str>,
+    pub channel: Option<&'static str>,
+    pub provider: Option<&'a str>,
+    pub provider_message_id: Option<&'a str>,
+    pub notification: Option<&'a str>,
+    pub event: Option<&'a str>,
+    pub list: Option<&'a str>,
+    pub tags: String,
+    pub metadata: Option<String>,
+    pub idempotency_key: Option<&'a str>,
+    pub updated_at: i64,
+}
+
+impl<'a> MessageColumns<'a> {
+    pub fn of(m: &'a MessageRecord) -> Self {
+        let s = &m.state;
+        MessageColumns {
+            id: m.id.as_str(),
+            status: s.status.as_str(),
+            seq: s.seq,
+            enqueued_at: s.milestones.enqueued,
+            sent_at: s.milestones.sent,
+            delivered_at: s.milestones.delivered,
+            opened_at: s.milestones.opened,
+            clicked_at: s.milestones.clicked,
+            reason: s.reason.map(Reason::as_str),
+            error: s.error.as_deref(),
+            registered: m.registered,
+            recipient: m.recipient.as_deref(),
+            channel: m.channel.map(Channel::as_str),
+            provider: m.provider.as_ref().map(ProviderName::as_str),
+            provider_message_id: m.provider_message_id.as_deref(),
+            notification: m.notification.as_deref(),
+            event: m.event.as_deref(),
+            list: m.list.as_deref(),
+            tags: serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
+            metadata: m.metadata.as_ref().map(Value::to_string),
+            idempotency_key: m.idempotency_key.as_deref(),
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// A bound parameter of a built query.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// Builds the keyset-paged `GET /messages` query. `placeholder(n)` renders
+/// the n-th (1-based) parameter in the backend's dialect.
+pub(crate) fn list_query(q: &MessageQuery, placeholder: fn(usize) -> String) -> (String, Vec<Param>) {
+    let mut params: Vec<Param> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let bind = |params: &mut Vec<Param>, p: Param| {
+        params.push(p);
+        placeholder(params.len())
+    };
+    // With a tag filter the scan is driven from message_tags, whose key
+    // carries the paging order, so the tag index serves the whole query.
+    let (from, order_e, order_id) = if let Some(tag) = &q.tag {
+        let p = bind(&mut params, Param::Text(tag.clone()));
+        conds.push(format!("t.tag = {p}"));
+        ("message_tags t JOIN messages m ON m.id = t.message_id", "t.enqueued_at", "t.message_id")
+    } else {
+        ("messages m", "m.enqueued_at", "m.id")
+    };
+    if !q.statuses.is_empty() {
+        let list: Vec<String> =
+            q.statuses.iter().map(|s| bind(&mut params, Param::Text(s.as_str().to_owned()))).collect();
+        conds.push(format!("m.status IN ({})", list.join(", ")));
+    }
+    for (column, value) in
+        [("m.recipient", &q.recipient), ("m.notification", &q.notification), ("m.event", &q.event), ("m.list", &q.list)]
+    {
+        if let Some(v) = value {
+            let p = bind(&mut params, Param::Text(v.clone()));
+            conds.push(format!("{column} = {p}"));
+        }
+    }
+    if let Some(id) = &q.message_id {
+        let p = bind(&mut params, Param::Text(id.as_str().to_owned()));
+        conds.push(format!("m.id = {p}"));
+    }
+    if let Some(provider) = &q.provider {
+        let p = bind(&mut params, Param::Text(provider.as_str().to_owned()));
+        conds.push(format!("m.provider = {p}"));
+    }
+    if let Some(after) = q.enqueued_after {
+        let p = bind(&mut params, Param::Int(after));
+        conds.push(format!("{order_e} >= {p}"));
+    }
+    if let Some(before) = q.enqueued_before {
+        let p = bind(&mut params, Param::Int(before));
+        conds.push(format!("{order_e} < {p}"));
+    }
+    if let Some((e, id)) = &q.after {
+        let pe = bind(&mut params, Param::Int(*e));
+        let pid = bind(&mut params, Param::Text(id.as_str().to_owned()));
+        conds.push(format!("({order_e}, {order_id}) < ({pe}, {pid})"));
+    }
+    let limit = bind(&mut params, Param::Int(q.limit as i64 + 1));
+    let where_clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    let sql = format!(
+        "SELECT {} FROM {from}{where_clause} ORDER BY {order_e} DESC, {order_id} DESC LIMIT {limit}",
+        message_select_list("m")
+    );
+    (sql, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_binds_every_filter() {
+        let q = MessageQuery {
+            statuses: vec![Status::Delivered, Status::Opened],
+            recipient: Some("r".into()),
+            tag: Some("t".into()),
+            enqueued_after: Some(5),
+            after: Some((10, MessageId::parse("m").expect("id"))),
+            limit: 20,
+            ..MessageQuery::default()
+        };
+        let (sql, params) = list_query(&q, |n| format!("${n}"));
+        assert!(sql.contains("FROM message_tags t JOIN messages m"), "{sql}");
+        assert!(sql.contains("m.status IN ($2, $3)"), "{sql}");
+        assert!(sql.contains("(t.enqueued_at, t.message_id) < ($6, $7)"), "{sql}");
+        assert!(sql.ends_with("ORDER BY t.enqueued_at DESC, t.message_id DESC LIMIT $8"), "{sql}");
+        assert_eq!(params.len(), 8);
+        assert_eq!(params[7], Param::Int(21));
+    }
+}

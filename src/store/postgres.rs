@@ -1,0 +1,552 @@
+//! The PostgreSQL store (deadpool-postgres over tokio-postgres).
+//!
+//! Batches are written with multi-row `UNNEST` statements, prepared once per
+//! connection. Rows a batch touches are locked (`FOR UPDATE`, in id order to
+//! avoid deadlocks between processes); a batch that loses a race with another
+//! process (a unique violation, deadlock or serialization failure) is
+//! reported as [`StoreError::Conflict`] and retried whole by the writer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Backend, HistoryEntry, MessageColumns, MessageQuery, Param, RowLike, Store, StoreError, decode_message, list_query,
+    message_select_list,
+};
+use crate::clock::rfc3339;
+use crate::config::DatabaseConfig;
+use crate::domain::{MessageId, MessageRecord, Status, SubscriptionId};
+use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
+use crate::ingest::{Command, Outcome};
+
+/// Migrations, applied in order; the number is the schema version.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/migrations/0001_init.sql"))];
+
+/// Serializes migrations between processes starting at once.
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61; // "hookrela"
+
+/// Channel on which committed deliveries are announced.
+pub const DELIVERY_CHANNEL: &str = "hookrelay_deliveries";
+
+/// A pool of PostgreSQL connections.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
+    }
+}
+
+impl RowLike for Row {
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.try_get(i).map_err(|e| StoreError::Other(e.into()))
+    }
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.try_get(i).map_err(|e| StoreError::Other(e.into()))
+    }
+    fn boolean(&self, i: usize) -> Result<bool, StoreError> {
+        self.try_get(i).map_err(|e| StoreError::Other(e.into()))
+    }
+}
+
+/// Sorts a driver error into the three kinds callers act on.
+pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        if *code == SqlState::UNIQUE_VIOLATION
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        {
+            return StoreError::Conflict(e.into());
+        }
+        let class = &code.code()[..2];
+        // 08: connection exception, 53: insufficient resources, 57: operator
+        // intervention (shutdown, cannot connect now).
+        if matches!(class, "08" | "53" | "57") {
+            return StoreError::Unavailable(e.into());
+        }
+        return StoreError::Other(e.into());
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io { StoreError::Unavailable(e.into()) } else { StoreError::Other(e.into()) }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => match classify(e) {
+            StoreError::Other(e) => StoreError::Unavailable(e),
+            other => other,
+        },
+        other => StoreError::Unavailable(other.into()),
+    }
+}
+
+impl PgStore {
+    /// Builds the pool; connections are made lazily.
+    pub fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let mut pg: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| StoreError::Other(e.into()))?;
+        pg.connect_timeout(timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("hookrelay");
+        }
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Other(e.into()))?;
+        Ok(PgStore { pool })
+    }
+
+    pub(crate) async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+fn to_sql_params(params: &[Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::Text(s) => Box::new(s.clone()),
+                Param::Int(i) => Box::new(*i),
+            }
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(classify)?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                )
+                .await
+                .map_err(classify)?;
+            let applied: HashSet<i32> = client
+                .query("SELECT version FROM schema_migrations", &[])
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for (version, sql) in MIGRATIONS {
+                if applied.contains(version) {
+                    continue;
+                }
+                let tx = client.transaction().await.map_err(classify)?;
+                tx.batch_execute(sql).await.map_err(classify)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[version, &crate::clock::now_ms()],
+                )
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                tracing::info!(version, "applied PostgreSQL migration");
+            }
+            Ok(())
+        }
+        .await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await.map_err(classify)?;
+        result
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let loaded = load(&tx, &Lookups::for_batch(&commands)).await?;
+        let plan = plan::plan(&commands, loaded, now, rfc3339(now));
+        write(&tx, &plan).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(plan.outcomes)
+    }
+
+    async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {} FROM messages m WHERE m.id = $1", message_select_list("m"));
+        let stmt = client.prepare_cached(&sql).await.map_err(classify)?;
+        let row = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(classify)?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn list_messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, StoreError> {
+        let client = self.client().await?;
+        let (sql, params) = list_query(query, |n| format!("${n}"));
+        let params = to_sql_params(&params);
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let stmt = client.prepare_cached(&sql).await.map_err(classify)?;
+        let rows = client.query(&stmt, &refs).await.map_err(classify)?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT e.ts, e.kind, e.detail FROM messages m \
+                 LEFT JOIN message_events e ON e.message_id = m.id AND ($2::text IS NULL OR e.kind = $2) \
+                 WHERE m.id = $1 ORDER BY e.ts, e.id",
+            )
+            .await
+            .map_err(classify)?;
+        let rows = client.query(&stmt, &[&id.as_str(), &kind]).await.map_err(classify)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(ts) = row.int(0)? else { continue };
+            out.push(history_entry(ts, row.text(1)?, row.text(2)?)?);
+        }
+        Ok(Some(out))
+    }
+
+    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT hash FROM api_keys", &[]).await.map_err(classify)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO api_keys (hash, label, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&hash, &label, &now],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn history_entry(ts: i64, kind: Option<String>, detail: Option<String>) -> Result<HistoryEntry, StoreError> {
+    let detail = match detail.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(serde_json::Value::Object(map))) => map,
+        Some(Err(e)) => return Err(StoreError::Other(e.into())),
+        _ => serde_json::Map::new(),
+    };
+    Ok(HistoryEntry { ts, kind: kind.unwrap_or_default(), detail })
+}
+
+/// Parses the `statuses` column of `subscriptions` (a JSON array or NULL).
+pub(crate) fn parse_statuses(text: Option<String>) -> Option<Vec<Status>> {
+    let list: Vec<String> = serde_json::from_str(text.as_deref()?).ok()?;
+    Some(list.iter().filter_map(|s| Status::parse(s)).collect())
+}
+
+async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
+    let cols = message_select_list("m");
+    let mut loaded = Loaded::default();
+    let mut seen: HashSet<MessageId> = HashSet::new();
+    let mut take = |rows: Vec<Row>, loaded: &mut Loaded| -> Result<(), StoreError> {
+        for row in &rows {
+            let record = decode_message(row)?;
+            if seen.insert(record.id.clone()) {
+                loaded.messages.push(record);
+            }
+        }
+        Ok(())
+    };
+    if !lookups.ids.is_empty() {
+        let ids: Vec<&str> = lookups.ids.iter().map(MessageId::as_str).collect();
+        let sql = format!("SELECT {cols} FROM messages m WHERE m.id = ANY($1) ORDER BY m.id FOR UPDATE");
+        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
+        take(tx.query(&stmt, &[&ids]).await.map_err(classify)?, &mut loaded)?;
+    }
+    if !lookups.provider_refs.is_empty() {
+        let providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
+        let pmids: Vec<&str> = lookups.provider_refs.iter().map(|r| r.message_id.as_str()).collect();
+        let sql = format!(
+            "SELECT {cols} FROM messages m \
+             JOIN UNNEST($1::text[], $2::text[]) AS r(provider, pmid) \
+               ON m.provider = r.provider AND m.provider_message_id = r.pmid \
+             ORDER BY m.id FOR UPDATE OF m"
+        );
+        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
+        take(tx.query(&stmt, &[&providers, &pmids]).await.map_err(classify)?, &mut loaded)?;
+    }
+    if !lookups.idempotency_keys.is_empty() {
+        let sql = format!("SELECT {cols} FROM messages m WHERE m.idempotency_key = ANY($1) ORDER BY m.id FOR UPDATE");
+        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
+        take(tx.query(&stmt, &[&lookups.idempotency_keys]).await.map_err(classify)?, &mut loaded)?;
+    }
+    if !lookups.dedupe_keys.is_empty() {
+        let stmt = tx
+            .prepare_cached("SELECT dedupe_key FROM message_events WHERE dedupe_key = ANY($1)")
+            .await
+            .map_err(classify)?;
+        let rows = tx.query(&stmt, &[&lookups.dedupe_keys]).await.map_err(classify)?;
+        loaded.existing_dedupe_keys = rows.iter().map(|r| r.get(0)).collect();
+    }
+    let stmt = tx
+        .prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled")
+        .await
+        .map_err(classify)?;
+    for row in tx.query(&stmt, &[]).await.map_err(classify)? {
+        loaded.subscriptions.push(SubscriptionFilter {
+            id: SubscriptionId::from_trusted(row.get(0)),
+            statuses: parse_statuses(row.get(1)),
+            all_events: row.get(2),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Column arrays for a multi-row message write.
+#[derive(Default)]
+struct MessageArrays<'a> {
+    id: Vec<&'a str>,
+    status: Vec<&'static str>,
+    seq: Vec<i64>,
+    enqueued_at: Vec<i64>,
+    sent_at: Vec<Option<i64>>,
+    delivered_at: Vec<Option<i64>>,
+    opened_at: Vec<Option<i64>>,
+    clicked_at: Vec<Option<i64>>,
+    reason: Vec<Option<&'static str>>,
+    error: Vec<Option<&'a str>>,
+    registered: Vec<bool>,
+    recipient: Vec<Option<&'a str>>,
+    channel: Vec<Option<&'static str>>,
+    provider: Vec<Option<&'a str>>,
+    provider_message_id: Vec<Option<&'a str>>,
+    notification: Vec<Option<&'a str>>,
+    event: Vec<Option<&'a str>>,
+    list: Vec<Option<&'a str>>,
+    tags: Vec<String>,
+    metadata: Vec<Option<String>>,
+    idempotency_key: Vec<Option<&'a str>>,
+    updated_at: Vec<i64>,
+}
+
+impl<'a> MessageArrays<'a> {
+    fn push(&mut self, c: MessageColumns<'a>) {
+        self.id.push(c.id);
+        self.status.push(c.status);
+        self.seq.push(c.seq);
+        self.enqueued_at.push(c.enqueued_at);
+        self.sent_at.push(c.sent_at);
+        self.delivered_at.push(c.delivered_at);
+        self.opened_at.push(c.opened_at);
+        self.clicked_at.push(c.clicked_at);
+        self.reason.push(c.reason);
+        self.error.push(c.error);
+        self.registered.push(c.registered);
+        self.recipient.push(c.recipient);
+        self.channel.push(c.channel);
+        self.provider.push(c.provider);
+        self.provider_message_id.push(c.provider_message_id);
+        self.notification.push(c.notification);
+        self.event.push(c.event);
+        self.list.push(c.list);
+        self.tags.push(c.tags);
+        self.metadata.push(c.metadata);
+        self.idempotency_key.push(c.idempotency_key);
+        self.updated_at.push(c.updated_at);
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
+        [
+            &self.id,
+            &self.status,
+            &self.seq,
+            &self.enqueued_at,
+            &self.sent_at,
+            &self.delivered_at,
+            &self.opened_at,
+            &self.clicked_at,
+            &self.reason,
+            &self.error,
+            &self.registered,
+            &self.recipient,
+            &self.channel,
+            &self.provider,
+            &self.provider_message_id,
+            &self.notification,
+            &self.event,
+            &self.list,
+            &self.tags,
+            &self.metadata,
+            &self.idempotency_key,
+            &self.updated_at,
+        ]
+    }
+}
+
+/// `UNNEST($1::text[], ...)` matching [`MessageArrays::params`].
+const MESSAGE_UNNEST: &str = "UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
+     $7::int8[], $8::int8[], $9::text[], $10::text[], $11::bool[], $12::text[], $13::text[], $14::text[], \
+     $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[])";
+
+async fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    // A record merged away gives up its unique keys before its successor
+    // takes them.
+    for (from, _) in &plan.merges {
+        let stmt = tx
+            .prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = $1")
+            .await
+            .map_err(classify)?;
+        tx.execute(&stmt, &[&from.as_str()]).await.map_err(classify)?;
+    }
+
+    let (mut new, mut old) = (MessageArrays::default(), MessageArrays::default());
+    for w in &plan.messages {
+        let columns = MessageColumns::of(&w.record);
+        if w.is_new { new.push(columns) } else { old.push(columns) }
+    }
+    let cols = super::MESSAGE_COLUMNS.join(", ");
+    if !new.id.is_empty() {
+        let sql = format!("INSERT INTO messages ({cols}) SELECT * FROM {MESSAGE_UNNEST}");
+        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
+        tx.execute(&stmt, &new.params()).await.map_err(classify)?;
+    }
+    if !old.id.is_empty() {
+        let sets = super::MESSAGE_COLUMNS[1..].iter().map(|c| format!("{c} = u.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("UPDATE messages m SET {sets} FROM {MESSAGE_UNNEST} AS u({cols}) WHERE m.id = u.id");
+        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
+        tx.execute(&stmt, &old.params()).await.map_err(classify)?;
+    }
+
+    for (from, into) in &plan.merges {
+        for sql in [
+            "UPDATE message_events SET message_id = $2 WHERE message_id = $1",
+            "UPDATE deliveries SET message_id = $2 WHERE message_id = $1",
+        ] {
+            let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
+            tx.execute(&stmt, &[&from.as_str(), &into.as_str()]).await.map_err(classify)?;
+        }
+        for sql in ["DELETE FROM message_tags WHERE message_id = $1", "DELETE FROM messages WHERE id = $1"] {
+            let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
+            tx.execute(&stmt, &[&from.as_str()]).await.map_err(classify)?;
+        }
+    }
+
+    if !plan.events.is_empty() {
+        let n = plan.events.len();
+        let (mut ids, mut keys, mut ts, mut received, mut kinds, mut details) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in &plan.events {
+            ids.push(e.message_id.as_str());
+            keys.push(e.dedupe_key.as_str());
+            ts.push(e.ts);
+            received.push(e.received_at);
+            kinds.push(e.kind);
+            details.push(e.detail.as_str());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+            )
+            .await
+            .map_err(classify)?;
+        let inserted = tx.execute(&stmt, &[&ids, &keys, &ts, &received, &kinds, &details]).await.map_err(classify)?;
+        if inserted as usize != n {
+            // Another process recorded one of these events after we looked;
+            // the retry will see it as a duplicate.
+            return Err(StoreError::Conflict("an event of this batch was recorded concurrently".into()));
+        }
+    }
+
+    let retag: Vec<&MessageRecord> = plan.messages.iter().filter(|w| w.tags_changed).map(|w| &w.record).collect();
+    if !retag.is_empty() {
+        let ids: Vec<&str> = retag.iter().map(|m| m.id.as_str()).collect();
+        let stmt = tx.prepare_cached("DELETE FROM message_tags WHERE message_id = ANY($1)").await.map_err(classify)?;
+        tx.execute(&stmt, &[&ids]).await.map_err(classify)?;
+        let (mut tags, mut enqueued, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        for m in &retag {
+            for tag in &m.tags {
+                tags.push(tag.as_str());
+                enqueued.push(m.state.milestones.enqueued);
+                owners.push(m.id.as_str());
+            }
+        }
+        if !tags.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO message_tags (tag, enqueued_at, message_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&tags, &enqueued, &owners]).await.map_err(classify)?;
+        }
+    }
+
+    if !plan.deliveries.is_empty() {
+        let n = plan.deliveries.len();
+        let (mut ids, mut subs, mut msgs, mut seqs, mut kinds, mut payloads, mut created) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for d in &plan.deliveries {
+            ids.push(d.id.as_str());
+            subs.push(d.subscription_id.as_str());
+            msgs.push(d.message_id.as_str());
+            seqs.push(d.seq);
+            kinds.push(d.kind.as_str());
+            payloads.push(d.payload.as_slice());
+            created.push(d.created_at);
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
+                   next_attempt_at, created_at, updated_at) \
+                 SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, u.created, u.created \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
+                   AS u(id, sub, msg, seq, kind, payload, created)",
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(&stmt, &[&ids, &subs, &msgs, &seqs, &kinds, &payloads, &created]).await.map_err(classify)?;
+        tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
+    }
+    Ok(())
+}

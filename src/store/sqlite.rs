@@ -1,0 +1,478 @@
+//! The embedded SQLite store: one file, WAL journal, for one process.
+//!
+//! All writes go through ONE connection owned by a dedicated thread, fed by
+//! the ingest batch writer, so there is never lock contention between
+//! writers. Reads use a small pool of read-only connections on the blocking
+//! thread pool; WAL lets them run while the writer commits.
+//!
+//! Durability: `synchronous = FULL` by default, so a commit (and therefore
+//! every acknowledgement) survives power loss. `database.sqlite_synchronous =
+//! "normal"` trades that for speed: a commit still survives a crash of
+//! hookrelay, but the last transactions can be lost if the machine loses
+//! power.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::{
+    Backend, HistoryEntry, MessageColumns, MessageQuery, Param, RowLike, Store, StoreError, decode_message, list_query,
+    message_select_list,
+};
+use crate::clock::rfc3339;
+use crate::config::{DatabaseConfig, SqliteSync};
+use crate::domain::{MessageId, MessageRecord, SubscriptionId};
+use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
+use crate::ingest::{Command, Outcome};
+use crate::store::postgres::{history_entry, parse_statuses};
+
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("sqlite/migrations/0001_init.sql"))];
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteJob>,
+    readers: Arc<Readers>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.readers.path).finish()
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn take(&self) -> rusqlite::Result<Connection> {
+        if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}
+
+impl RowLike for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.get(i).map_err(sqlite_error)
+    }
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.get(i).map_err(sqlite_error)
+    }
+    fn boolean(&self, i: usize) -> Result<bool, StoreError> {
+        self.get(i).map_err(sqlite_error)
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Text(s) => ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(s.as_bytes())),
+            Param::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+        })
+    }
+}
+
+fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly,
+        ) => StoreError::Unavailable(e.into()),
+        _ => StoreError::Other(e.into()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and starts its writer thread.
+    pub fn open(path: &Path, config: &DatabaseConfig) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(e.into()))?;
+        }
+        let conn = Connection::open(path).map_err(sqlite_error)?;
+        let synchronous = match config.sqlite_synchronous {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = 5000;"
+        ))
+        .map_err(sqlite_error)?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("hookrelay-sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                conn.set_prepared_statement_cache_capacity(64);
+                // Runs until every sender (the store) is dropped.
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Other(e.into()))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Readers {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+                permits: Semaphore::new(config.pool_size),
+            }),
+        })
+    }
+
+    /// Runs `f` on the writer connection.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Unavailable("the SQLite writer thread has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the SQLite writer thread has stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let _permit = self.readers.permits.acquire().await.map_err(|e| StoreError::Unavailable(e.into()))?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take().map_err(sqlite_error)?;
+            let result = f(&conn);
+            readers.put(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Other(e.into()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .map_err(sqlite_error)?;
+            let applied: HashSet<i32> = {
+                let mut stmt = conn.prepare("SELECT version FROM schema_migrations").map_err(sqlite_error)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(sqlite_error)?;
+                rows.collect::<Result<_, _>>().map_err(sqlite_error)?
+            };
+            for (version, sql) in MIGRATIONS {
+                if applied.contains(version) {
+                    continue;
+                }
+                let tx = conn.transaction().map_err(sqlite_error)?;
+                tx.execute_batch(sql).map_err(sqlite_error)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    params![version, crate::clock::now_ms()],
+                )
+                .map_err(sqlite_error)?;
+                tx.commit().map_err(sqlite_error)?;
+                tracing::info!(version, "applied SQLite migration");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_error)).await?;
+        // The writer thread must be alive too, or nothing can be acknowledged.
+        self.write(|_| Ok(())).await
+    }
+
+    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+            let loaded = load(&tx, &Lookups::for_batch(&commands))?;
+            let plan = plan::plan(&commands, loaded, now, rfc3339(now));
+            write(&tx, &plan)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(plan.outcomes)
+        })
+        .await
+    }
+
+    async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let sql = format!("SELECT {} FROM messages m WHERE m.id = ?1", message_select_list("m"));
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            let mut rows = stmt.query([id.as_str()]).map_err(sqlite_error)?;
+            match rows.next().map_err(sqlite_error)? {
+                Some(row) => Ok(Some(decode_message(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, StoreError> {
+        let (sql, params) = list_query(query, |n| format!("?{n}"));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(sqlite_error)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                out.push(decode_message(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
+        let id = id.clone();
+        let kind = kind.map(str::to_owned);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT e.ts, e.kind, e.detail FROM messages m \
+                     LEFT JOIN message_events e ON e.message_id = m.id AND (?2 IS NULL OR e.kind = ?2) \
+                     WHERE m.id = ?1 ORDER BY e.ts, e.id",
+                )
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query(params![id.as_str(), kind]).map_err(sqlite_error)?;
+            let mut found = false;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                found = true;
+                let Some(ts) = row.int(0)? else { continue };
+                out.push(history_entry(ts, row.text(1)?, row.text(2)?)?);
+            }
+            Ok(found.then_some(out))
+        })
+        .await
+    }
+
+    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT hash FROM api_keys").map_err(sqlite_error)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(sqlite_error)?;
+            rows.collect::<Result<_, _>>().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError> {
+        let (hash, label) = (hash.to_owned(), label.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (hash, label, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![hash, label, now],
+            )
+            .map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
+    let cols = message_select_list("m");
+    let mut loaded = Loaded::default();
+    let mut seen: HashSet<MessageId> = HashSet::new();
+    let mut keep = |record: MessageRecord, loaded: &mut Loaded| {
+        if seen.insert(record.id.clone()) {
+            loaded.messages.push(record);
+        }
+    };
+    {
+        let mut stmt =
+            tx.prepare_cached(&format!("SELECT {cols} FROM messages m WHERE m.id = ?1")).map_err(sqlite_error)?;
+        for id in &lookups.ids {
+            let mut rows = stmt.query([id.as_str()]).map_err(sqlite_error)?;
+            if let Some(row) = rows.next().map_err(sqlite_error)? {
+                keep(decode_message(row)?, &mut loaded);
+            }
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {cols} FROM messages m WHERE m.provider = ?1 AND m.provider_message_id = ?2"
+            ))
+            .map_err(sqlite_error)?;
+        for r in &lookups.provider_refs {
+            let mut rows = stmt.query([r.provider.as_str(), r.message_id.as_str()]).map_err(sqlite_error)?;
+            if let Some(row) = rows.next().map_err(sqlite_error)? {
+                keep(decode_message(row)?, &mut loaded);
+            }
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(&format!("SELECT {cols} FROM messages m WHERE m.idempotency_key = ?1"))
+            .map_err(sqlite_error)?;
+        for key in &lookups.idempotency_keys {
+            let mut rows = stmt.query([key.as_str()]).map_err(sqlite_error)?;
+            if let Some(row) = rows.next().map_err(sqlite_error)? {
+                keep(decode_message(row)?, &mut loaded);
+            }
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached("SELECT 1 FROM message_events WHERE dedupe_key = ?1").map_err(sqlite_error)?;
+        for key in &lookups.dedupe_keys {
+            if stmt.query_row([key.as_str()], |_| Ok(())).optional().map_err(sqlite_error)?.is_some() {
+                loaded.existing_dedupe_keys.insert(key.clone());
+            }
+        }
+    }
+    let mut stmt = tx
+        .prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled = 1")
+        .map_err(sqlite_error)?;
+    let mut rows = stmt.query([]).map_err(sqlite_error)?;
+    while let Some(row) = rows.next().map_err(sqlite_error)? {
+        loaded.subscriptions.push(SubscriptionFilter {
+            id: SubscriptionId::from_trusted(row.get(0).map_err(sqlite_error)?),
+            statuses: parse_statuses(row.get(1).map_err(sqlite_error)?),
+            all_events: row.get(2).map_err(sqlite_error)?,
+        });
+    }
+    Ok(loaded)
+}
+
+fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    for (from, _) in &plan.merges {
+        tx.prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = ?1")
+            .and_then(|mut s| s.execute([from.as_str()]))
+            .map_err(sqlite_error)?;
+    }
+    let cols = super::MESSAGE_COLUMNS.join(", ");
+    let placeholders = (1..=super::MESSAGE_COLUMNS.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let sets = super::MESSAGE_COLUMNS[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert_sql = format!("INSERT INTO messages ({cols}) VALUES ({placeholders})");
+    let update_sql = format!("UPDATE messages SET {sets} WHERE id = ?1");
+    for w in &plan.messages {
+        let c = MessageColumns::of(&w.record);
+        let values = params![
+            c.id,
+            c.status,
+            c.seq,
+            c.enqueued_at,
+            c.sent_at,
+            c.delivered_at,
+            c.opened_at,
+            c.clicked_at,
+            c.reason,
+            c.error,
+            c.registered,
+            c.recipient,
+            c.channel,
+            c.provider,
+            c.provider_message_id,
+            c.notification,
+            c.event,
+            c.list,
+            c.tags,
+            c.metadata,
+            c.idempotency_key,
+            c.updated_at,
+        ];
+        let sql = if w.is_new { &insert_sql } else { &update_sql };
+        tx.prepare_cached(sql).and_then(|mut s| s.execute(values)).map_err(sqlite_error)?;
+    }
+    for (from, into) in &plan.merges {
+        for sql in [
+            "UPDATE message_events SET message_id = ?2 WHERE message_id = ?1",
+            "UPDATE deliveries SET message_id = ?2 WHERE message_id = ?1",
+        ] {
+            tx.prepare_cached(sql).and_then(|mut s| s.execute([from.as_str(), into.as_str()])).map_err(sqlite_error)?;
+        }
+        for sql in ["DELETE FROM message_tags WHERE message_id = ?1", "DELETE FROM messages WHERE id = ?1"] {
+            tx.prepare_cached(sql).and_then(|mut s| s.execute([from.as_str()])).map_err(sqlite_error)?;
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (dedupe_key) DO NOTHING",
+            )
+            .map_err(sqlite_error)?;
+        for e in &plan.events {
+            stmt.execute(params![e.message_id.as_str(), e.dedupe_key, e.ts, e.received_at, e.kind, e.detail])
+                .map_err(sqlite_error)?;
+        }
+    }
+    for w in plan.messages.iter().filter(|w| w.tags_changed) {
+        let m = &w.record;
+        tx.prepare_cached("DELETE FROM message_tags WHERE message_id = ?1")
+            .and_then(|mut s| s.execute([m.id.as_str()]))
+            .map_err(sqlite_error)?;
+        let mut stmt = tx
+            .prepare_cached("INSERT OR IGNORE INTO message_tags (tag, enqueued_at, message_id) VALUES (?1, ?2, ?3)")
+            .map_err(sqlite_error)?;
+        for tag in &m.tags {
+            stmt.execute(params![tag, m.state.milestones.enqueued, m.id.as_str()]).map_err(sqlite_error)?;
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
+                   next_attempt_at, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+            )
+            .map_err(sqlite_error)?;
+        for d in &plan.deliveries {
+            stmt.execute(params![
+                d.id.as_str(),
+                d.subscription_id.as_str(),
+                d.message_id.as_str(),
+                d.seq,
+                d.kind.as_str(),
+                d.payload,
+                d.created_at
+            ])
+            .map_err(sqlite_error)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `spawn_app()`: the real server on port 0 with a fresh database per test.
+//! SQLite: a file in a temporary directory. PostgreSQL: a database cloned
+//! from a migrated template (`TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). When no PostgreSQL server is
+//! reachable the PostgreSQL tests are skipped with a message, unless
+//! `HOOKRELAY_REQUIRE_POSTGRES=1`, which makes that a failure.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use hookrelay::config::Secret;
+use hookrelay::{Application, Config};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database for one test; dropped (PostgreSQL) or deleted (SQLite)
+/// when the test ends.
+pub enum TestDb {
+    Sqlite { dir: tempfile::TempDir },
+    Postgres { admin_url: String, name: String, url: String },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => Some(TestDb::Sqlite { dir: tempfile::tempdir().expect("temp dir") }),
+            Backend::Postgres => postgres_db().await,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite { dir } => format!("sqlite://{}", dir.path().join("hookrelay.db").display()),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name, .. } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop needs its own runtime: the test's may be shutting down.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async {
+                    if let Some(client) = admin(&admin_url).await {
+                        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn postgres_required() -> bool {
+    std::env::var("HOOKRELAY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+async fn admin(url: &str) -> Option<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().ok()?;
+    config.connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(connection);
+    Some(client)
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// The template's name changes with the schema, so a stale one is never used.
+fn template_name() -> String {
+    let schema = include_str!("../../src/store/postgres/migrations/0001_init.sql");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in schema.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("hookrelay_tpl_{hash:016x}")
+}
+
+async fn postgres_db() -> Option<TestDb> {
+    let admin_url = admin_url();
+    let Some(client) = admin(&admin_url).await else {
+        if postgres_required() {
+            panic!("HOOKRELAY_REQUIRE_POSTGRES=1 but no PostgreSQL server answers at {admin_url}");
+        }
+        static SKIPPED: Once = Once::new();
+        SKIPPED.call_once(|| {
+            // Written past the test harness's capture so that it is seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** PostgreSQL suite SKIPPED: no server at {admin_url} (set TEST_DATABASE_URL; \
+                 HOOKRELAY_REQUIRE_POSTGRES=1 makes this an error) ***\n"
+            );
+        });
+        return None;
+    };
+    let template = template_name();
+    client.execute("SELECT pg_advisory_lock(4242)", &[]).await.expect("advisory lock");
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+        .await
+        .expect("query pg_database")
+        .is_some();
+    if !exists {
+        let building = format!("{template}_building");
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")).await.expect("drop");
+        client.batch_execute(&format!("CREATE DATABASE \"{building}\"")).await.expect("create template");
+        {
+            let config = hookrelay::config::DatabaseConfig {
+                url: with_database(&admin_url, &building),
+                pool_size: 1,
+                ..Default::default()
+            };
+            let store = hookrelay::store::open(&config).await.expect("migrate template");
+            drop(store);
+        }
+        client
+            .batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""))
+            .await
+            .expect("publish template");
+    }
+    let name = format!("hookrelay_test_{}", uuid_like());
+    let created = client.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).await;
+    client.execute("SELECT pg_advisory_unlock(4242)", &[]).await.expect("advisory unlock");
+    created.expect("clone the template");
+    Some(TestDb::Postgres { url: with_database(&admin_url, &name), admin_url, name })
+}
+
+fn uuid_like() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("entropy");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running hookrelay and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub generated_key: Option<String>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub db: TestDb,
+}
+
+/// The configuration tests start from.
+pub fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.database.url = db.url();
+    config.database.pool_size = 4;
+    config.auth.api_keys = vec![Secret::new(API_KEY)];
+    config.log.level = "warn,deadpool=error".into();
+    config
+}
+
+/// Starts hookrelay on a fresh database; `None` when the backend is
+/// unavailable and allowed to be skipped.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let db = TestDb::new(backend).await?;
+    let mut config = test_config(&db);
+    tweak(&mut config);
+    Some(start(config, db).await)
+}
+
+pub async fn start(config: Config, db: TestDb) -> TestApp {
+    hookrelay::telemetry::init_logging(&config.log);
+    let app = Application::build(config).await.expect("build the application");
+    let addr = app.local_addr();
+    let generated_key = app.generated_api_key().map(str::to_owned);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run(shutdown.clone()));
+    TestApp { addr, client: reqwest::Client::new(), generated_key, shutdown, handle: Some(handle), db }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).bearer_auth(API_KEY).send().await.expect("GET");
+        read(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self.client.post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("POST");
+        read(response).await
+    }
+
+    /// Registers a message and returns its id.
+    pub async fn register(&self, body: Value) -> String {
+        let (status, json) = self.post("/messages", body).await;
+        assert_eq!(status, 202, "{json}");
+        json["requestId"].as_str().expect("requestId").to_owned()
+    }
+
+    pub async fn event(&self, id: &str, body: Value) -> Value {
+        let (status, json) = self.post(&format!("/messages/{id}/events"), body).await;
+        assert_eq!(status, 202, "{json}");
+        json
+    }
+
+    /// Stops the server (as SIGTERM would) and waits for it; returns the database.
+    pub async fn stop(mut self) -> TestDb {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("join").expect("clean shutdown");
+        }
+        let TestApp { db, .. } = self;
+        db
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, json)
+}
+
+/// Declares each listed test once per backend: `sqlite::name` and
+/// `postgres::name`, both calling `name(Backend)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
