@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::{Config, redact_url};
 use crate::http::auth::{ApiKeys, generate_key, hash_key};
+use crate::http::callbacks::Callbacks;
 use crate::http::{self, AppState};
 use crate::ingest::{BatchWriter, Ingest};
 use crate::store::{self, Store};
@@ -33,23 +34,26 @@ impl Application {
     /// Opens and migrates the database, makes sure an API key exists and
     /// binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        crate::net::install_crypto_provider();
         let store = store::open(&config.database)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
         let generated_api_key = ensure_api_key(&config, &store).await?;
         let keys = ApiKeys::load(&config.auth.api_keys, store.clone()).await;
+        let sources = config.sources()?;
         let (ingest, writer) = Ingest::new(store.clone(), &config.ingest);
+        let listener = TcpListener::bind(config.listen_addr())
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(AppState {
             store,
             ingest,
             keys,
             metrics: telemetry::metrics_handle(),
             retry_after: config.ingest.retry_after_seconds,
+            callbacks: Callbacks::new(sources, config.public_url(addr)),
         });
-        let listener = TcpListener::bind(config.listen_addr())
-            .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let addr = listener.local_addr()?;
         Ok(Application { listener, addr, state, writer, generated_api_key, config })
     }
 

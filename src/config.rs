@@ -20,6 +20,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// Provider accounts whose callbacks arrive at `POST /callbacks/{name}`.
+    pub sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +135,107 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// One provider account (`[[sources]]`). Which credential fields apply
+/// depends on the provider; a field its provider does not use is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The URL path segment: callbacks arrive at `POST /callbacks/{name}`.
+    pub name: String,
+    /// sendgrid, postmark, mailgun, ses, twilio, resend, mailjet, brevo,
+    /// sparkpost or vonage.
+    pub provider: String,
+    /// The metadata key under which the provider echoes hookrelay's message id.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// Oldest signed timestamp accepted, in seconds (provider default when absent).
+    #[serde(default)]
+    pub tolerance_seconds: Option<u64>,
+    /// HTTP basic auth expected on every callback (the credentials put in the
+    /// webhook URL).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A bearer token expected in `Authorization`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// A header that must carry `header_value`.
+    #[serde(default)]
+    pub header_name: Option<String>,
+    #[serde(default)]
+    pub header_value: Option<Secret>,
+    /// SendGrid verification keys (base64 DER SubjectPublicKeyInfo); several
+    /// during a key rotation.
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// The provider's shared secrets: Mailgun signing keys, Twilio auth
+    /// tokens, Resend `whsec_` secrets, Vonage signature secrets. Several
+    /// during a rotation.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Vonage SMS signatures: md5hash, md5, sha1, sha256 or sha512.
+    #[serde(default)]
+    pub signature_method: Option<String>,
+    /// Amazon SNS topics whose subscriptions hookrelay confirms (and whose
+    /// notifications it accepts).
+    #[serde(default)]
+    pub topic_arns: Vec<String>,
+    /// A pinned SNS signing certificate (PEM file); when set, certificates
+    /// are never fetched.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+}
+
+fn default_id_field() -> String {
+    "hookrelay_id".into()
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            name: String::new(),
+            provider: String::new(),
+            id_field: default_id_field(),
+            tolerance_seconds: None,
+            username: None,
+            password: None,
+            bearer_token: None,
+            header_name: None,
+            header_value: None,
+            public_keys: Vec::new(),
+            secrets: Vec::new(),
+            signature_method: None,
+            topic_arns: Vec::new(),
+            certificate_file: None,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The credential fields that are set, by name.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut note = |set: bool, name: &'static str| {
+            if set {
+                out.push(name);
+            }
+        };
+        note(self.tolerance_seconds.is_some(), "tolerance_seconds");
+        note(self.username.is_some(), "username");
+        note(self.password.is_some(), "password");
+        note(self.bearer_token.is_some(), "bearer_token");
+        note(self.header_name.is_some(), "header_name");
+        note(self.header_value.is_some(), "header_value");
+        note(!self.public_keys.is_empty(), "public_keys");
+        note(!self.secrets.is_empty(), "secrets");
+        note(self.signature_method.is_some(), "signature_method");
+        note(!self.topic_arns.is_empty(), "topic_arns");
+        note(self.certificate_file.is_some(), "certificate_file");
+        out
+    }
 }
 
 /// A secret from the configuration; never printed.
@@ -292,7 +395,39 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        self.sources()?;
         Ok(())
+    }
+
+    /// Builds every configured source (checking credentials); errors name
+    /// the source and field, e.g. `sources[1].public_keys`.
+    pub fn sources(&self) -> Result<Vec<crate::providers::Source>, ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(self.sources.len());
+        for (i, source) in self.sources.iter().enumerate() {
+            let valid_name = !source.name.is_empty()
+                && source.name.len() <= 64
+                && source.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid_name {
+                return Err(ConfigError::invalid(
+                    &format!("sources[{i}].name"),
+                    "1 to 64 characters of a-z, 0-9, - and _",
+                ));
+            }
+            if !names.insert(source.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("sources[{i}].name"),
+                    format!("`{}` is used by another source", source.name),
+                ));
+            }
+            let built = crate::providers::Source::from_config(source).map_err(|message| {
+                let (field, message) = message.split_once(": ").unwrap_or(("", message.as_str()));
+                let key = if field.is_empty() { format!("sources[{i}]") } else { format!("sources[{i}].{field}") };
+                ConfigError::Invalid { key, message: message.to_owned() }
+            })?;
+            out.push(built);
+        }
+        Ok(out)
     }
 
     pub fn database_url(&self) -> DatabaseUrl {
@@ -458,7 +593,9 @@ mod example_tests {
 
         let text = std::fs::read_to_string(&path).expect("read");
         let example: toml::Table = text.parse().expect("toml");
-        let defaults = toml::Table::try_from(Config::default()).expect("serialize defaults");
+        let mut defaults = toml::Table::try_from(Config::default()).expect("serialize defaults");
+        // Sources have no defaults; they are documented in comments below.
+        defaults.remove("sources");
         let (mut documented, mut all) = (Vec::new(), Vec::new());
         keys(&example, "", &mut documented);
         keys(&defaults, "", &mut all);
@@ -472,6 +609,22 @@ mod example_tests {
                 text.lines().nth(line.saturating_sub(1)).is_some_and(|l| l.starts_with('#')),
                 "{key} needs a comment above it"
             );
+        }
+        let every_field = SourceConfig {
+            tolerance_seconds: Some(1),
+            username: Some("x".into()),
+            password: Some(Secret::new("x")),
+            bearer_token: Some(Secret::new("x")),
+            header_name: Some("x".into()),
+            header_value: Some(Secret::new("x")),
+            signature_method: Some("x".into()),
+            certificate_file: Some("x".into()),
+            ..SourceConfig::default()
+        };
+        let source = toml::Table::try_from(every_field).expect("serialize a source");
+        assert_eq!(source.len(), 14, "every field of SourceConfig is serialized");
+        for field in source.keys() {
+            assert!(text.contains(&format!("#   {field} ")), "source field {field} is not documented");
         }
     }
 }

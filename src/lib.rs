@@ -11,12 +11,15 @@
 //!   the status state machine. Pure: no I/O, no clock.
 //! - [`ingest`]: the queue and batch writer (I/O), and [`ingest::plan`], the
 //!   pure planner deciding every write and answer of a batch.
+//! - [`providers`]: one module per provider: pure `verify` (raw bytes,
+//!   constant time) and pure `parse` (to normalized events).
 //! - [`store`]: the one storage interface and its PostgreSQL and SQLite
 //!   implementations. SQL only; no status rules.
 //! - [`http`]: the edges. Validate input, submit commands or query the
 //!   store, shape answers. No state of their own.
 //! - [`config`]: the configuration tree, layered and validated.
 //! - [`app`]: wires the parts together and owns start-up and shutdown.
+//! - [`net`]: outbound HTTP set-up.
 //! - [`telemetry`], [`clock`]: logging, metrics, wall-clock helpers.
 
 #![forbid(unsafe_code)]
@@ -27,6 +30,8 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod net;
+pub mod providers;
 pub mod store;
 pub mod telemetry;
 

@@ -3,6 +3,7 @@
 //! queries, and shape the answer; they hold no state of their own.
 
 pub mod auth;
+pub mod callbacks;
 pub mod error;
 pub mod extract;
 pub mod messages;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// `Retry-After` seconds for 503 answers.
     pub retry_after: u64,
+    pub callbacks: callbacks::Callbacks,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,6 +63,7 @@ impl AppState {
     modifiers(&SecurityAddon),
     tags(
         (name = "messages", description = "Register messages, report statuses, read message logs"),
+        (name = "callbacks", description = "Provider delivery callbacks, verified on the raw body"),
         (name = "operations", description = "Health, readiness, metrics, this description"),
     )
 )]
@@ -83,7 +86,11 @@ pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::Op
     let protected = OpenApiRouter::new()
         .merge(messages::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(ops::routes()).split_for_parts()
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
+        .merge(callbacks::routes())
+        .merge(ops::routes())
+        .split_for_parts()
 }
 
 /// The whole application router.

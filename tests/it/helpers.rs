@@ -193,6 +193,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
 }
 
 pub async fn start(config: Config, db: TestDb) -> TestApp {
+    hookrelay::net::install_crypto_provider();
     hookrelay::telemetry::init_logging(&config.log);
     let app = Application::build(config).await.expect("build the application");
     let addr = app.local_addr();
@@ -215,6 +216,27 @@ impl TestApp {
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self.client.post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("POST");
         read(response).await
+    }
+
+    /// Posts raw bytes with the given headers (no API key) to `path`.
+    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(request.send().await.expect("POST")).await
+    }
+
+    /// The `type`s of a message's history, in order.
+    pub async fn history_types(&self, id: &str) -> Vec<String> {
+        let (status, body) = self.get(&format!("/messages/{id}/history")).await;
+        assert_eq!(status, 200, "{body}");
+        body["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|e| e["type"].as_str().expect("type").to_owned())
+            .collect()
     }
 
     /// Registers a message and returns its id.

@@ -1,5 +1,15 @@
 //! The integration suite: the real server over HTTP, once per backend.
 
+mod callbacks;
+mod callbacks_brevo;
+mod callbacks_mailjet;
+mod callbacks_postmark;
+mod callbacks_resend;
+mod callbacks_sendgrid;
+mod callbacks_ses;
+mod callbacks_sparkpost;
+mod callbacks_twilio;
+mod callbacks_vonage;
 mod helpers;
 mod messages;
 mod operations;

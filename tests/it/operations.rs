@@ -84,6 +84,7 @@ async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppStat
         keys,
         metrics: hookrelay::telemetry::metrics_handle(),
         retry_after: config.retry_after_seconds,
+        callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://127.0.0.1".into()),
     });
     (state, writer)
 }

@@ -45,6 +45,7 @@ async fn sigterm_under_load_loses_no_acknowledged_registration(backend: Backend)
     .expect("join")
     .expect("hookrelay printed its address");
 
+    hookrelay::net::install_crypto_provider();
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let client = reqwest::Client::new();
     let mut workers = Vec::new();

@@ -1,0 +1,288 @@
+//! `POST /callbacks/{source}`: provider delivery callbacks.
+//!
+//! Order of work: find the source (404), read the raw body (413 above the
+//! limit), verify on the raw bytes (401, saying nothing that helps a
+//! forger), parse (400; Mailgun 406), then queue the events and answer 200
+//! only once they are committed (503 with `Retry-After` when overloaded or
+//! the database is down, so the provider retries).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::BodyLimit;
+use crate::clock::now_ms;
+use crate::ingest::{Command, Outcome};
+use crate::providers::{Action, CallbackRequest, CertificateStore, Source};
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(receive_post, receive_get))
+}
+
+/// Everything the callback edge needs besides the ingest queue.
+#[derive(Debug)]
+pub struct Callbacks {
+    sources: HashMap<String, Source>,
+    /// `server.public_url` (or `http://<listen>`), without a trailing slash.
+    public_url: String,
+    certificates: CertificateCache,
+    client: reqwest::Client,
+}
+
+impl Callbacks {
+    pub fn new(sources: Vec<Source>, public_url: String) -> Self {
+        crate::net::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Callbacks {
+            sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            public_url,
+            certificates: CertificateCache::default(),
+            client,
+        }
+    }
+}
+
+/// SNS signing certificates fetched so far, by URL. Amazon uses a handful.
+#[derive(Debug, Default)]
+pub struct CertificateCache {
+    certificates: Mutex<HashMap<String, Arc<[u8]>>>,
+}
+
+/// Most certificates kept; beyond this the cache starts over.
+const MAX_CERTIFICATES: usize = 64;
+/// Largest certificate accepted.
+const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+
+impl CertificateStore for CertificateCache {
+    fn get(&self, url: &str) -> Option<Arc<[u8]>> {
+        self.certificates.lock().ok()?.get(url).cloned()
+    }
+}
+
+impl CertificateCache {
+    async fn ensure(&self, client: &reqwest::Client, url: &str) -> Result<(), String> {
+        if self.get(url).is_some() {
+            return Ok(());
+        }
+        let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > MAX_CERTIFICATE_BYTES {
+            return Err("certificate too large".into());
+        }
+        if let Ok(mut certificates) = self.certificates.lock() {
+            if certificates.len() >= MAX_CERTIFICATES {
+                certificates.clear();
+            }
+            certificates.insert(url.to_owned(), Arc::from(&body[..]));
+        }
+        Ok(())
+    }
+}
+
+/// Answer to an accepted callback.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Events recorded by this request.
+    accepted: usize,
+    /// Events that had been recorded before (provider retries).
+    duplicates: usize,
+}
+
+/// Receive a provider's delivery callback. The body is verified as sent
+/// (signature, token or credentials, depending on the provider) before it
+/// is parsed.
+#[utoipa::path(
+    post, path = "/callbacks/{source}", tag = "callbacks",
+    params(("source" = String, Path, description = "A configured source's name")),
+    request_body(content = String, description = "The provider's callback, exactly as sent", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted (also for duplicates and unknown event types)", body = Accepted),
+        (status = 400, description = "Verified but cannot be parsed", body = ErrorBody),
+        (status = 401, description = "Missing or bad signature or credentials, or a stale timestamp", body = ErrorBody),
+        (status = 403, description = "An SNS subscription for a topic that is not allowed", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 406, description = "Mailgun: verified but cannot be parsed (do not retry)", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, description = "Overloaded or the database is down: retry", body = ErrorBody),
+    )
+)]
+async fn receive_post(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    limit: Option<axum::Extension<BodyLimit>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    receive(&state, Method::POST, &name, &uri, &headers, limit.map_or(0, |l| l.0.0), body).await
+}
+
+/// Receive a callback sent with GET (Vonage SMS delivery receipts).
+#[utoipa::path(
+    get, path = "/callbacks/{source}", tag = "callbacks",
+    params(("source" = String, Path, description = "A configured Vonage source's name")),
+    responses(
+        (status = 200, body = Accepted), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 405, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+async fn receive_get(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    receive(&state, Method::GET, &name, &uri, &headers, 0, Ok(Bytes::new())).await
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
+    (status, Json(ErrorBody { message: message.to_owned(), kind })).into_response()
+}
+
+fn count(source: &str, result: &'static str) {
+    metrics::counter!("hookrelay_callbacks_total", "source" => source.to_owned(), "result" => result).increment(1);
+}
+
+async fn receive(
+    state: &AppState,
+    method: Method,
+    name: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    limit: usize,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(source) = state.callbacks.sources.get(name) else {
+        return ApiError::NotFound("no callback source with this name".into()).into_response();
+    };
+    if method == Method::GET && !source.accepts_get() {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "this source takes POST");
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            count(name, "too_large");
+            return ApiError::PayloadTooLarge { limit }.into_response();
+        }
+        Err(rejection) => return ApiError::bad_request(format!("cannot read the body: {rejection}")).into_response(),
+    };
+    let query = uri.query().unwrap_or("");
+    let callbacks = &state.callbacks;
+    let url = if query.is_empty() {
+        format!("{}/callbacks/{name}", callbacks.public_url)
+    } else {
+        format!("{}/callbacks/{name}?{query}", callbacks.public_url)
+    };
+    let now = now_ms();
+    let req = CallbackRequest { method: &method, url: &url, query, headers, body: &body, received_at: now };
+
+    let verified = match source.certificate_url(&req) {
+        Ok(Some(cert_url)) => match callbacks.certificates.ensure(&callbacks.client, &cert_url).await {
+            Ok(()) => source.verify(&req, now, &callbacks.certificates),
+            Err(e) => {
+                // Not the sender's fault: answer 503 so that SNS retries.
+                tracing::warn!(source = name, error = %e, "cannot fetch the SNS signing certificate");
+                count(name, "certificate_unavailable");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "signing certificate unavailable; retry later");
+            }
+        },
+        Ok(None) => source.verify(&req, now, &callbacks.certificates),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = verified {
+        tracing::info!(source = name, reason = %e, "callback refused");
+        count(name, "unauthorized");
+        return refuse(StatusCode::UNAUTHORIZED, "callback authentication failed");
+    }
+
+    let parsed = match source.parse(&req) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            tracing::warn!(source = name, error = %e, "verified callback cannot be parsed");
+            count(name, "unparseable");
+            return refuse(source.parse_error_status(), &format!("cannot parse the callback: {e}"));
+        }
+    };
+    match &parsed.action {
+        Some(Action::ConfirmSubscription { topic_arn, subscribe_url }) => {
+            return confirm_subscription(callbacks, source, topic_arn, subscribe_url).await;
+        }
+        Some(Action::Ignore { why }) => tracing::debug!(source = name, why, "callback carries nothing to record"),
+        None => {}
+    }
+    if parsed.callbacks.is_empty() {
+        count(name, "empty");
+        return Json(Accepted { accepted: 0, duplicates: 0 }).into_response();
+    }
+    let commands: Vec<Command> = parsed
+        .callbacks
+        .into_iter()
+        .map(|cb| Command::Event { target: cb.target, event: Box::new(cb.event), create: true, want_message: false })
+        .collect();
+    let events = commands.len();
+    match state.ingest.submit(commands).await {
+        Ok(outcomes) => {
+            let duplicates = outcomes.iter().filter(|o| matches!(o, Outcome::Applied { duplicate: true, .. })).count();
+            metrics::counter!("hookrelay_callback_events_total", "source" => name.to_owned()).increment(events as u64);
+            count(name, "accepted");
+            tracing::debug!(source = name, events, duplicates, "callback accepted");
+            Json(Accepted { accepted: events - duplicates, duplicates }).into_response()
+        }
+        Err(e) => {
+            count(name, "unavailable");
+            ApiError::from_ingest(e, state.retry_after).into_response()
+        }
+    }
+}
+
+/// Confirms an SNS subscription, for allowed topics only: anyone can point
+/// their own topic at this URL and produce a validly signed confirmation.
+async fn confirm_subscription(
+    callbacks: &Callbacks,
+    source: &Source,
+    topic_arn: &str,
+    subscribe_url: &str,
+) -> Response {
+    if !source.allows_topic(topic_arn) {
+        tracing::warn!(source = %source.name, topic_arn, "refused an SNS subscription for a topic not in topic_arns");
+        count(&source.name, "topic_refused");
+        return refuse(StatusCode::FORBIDDEN, "this topic is not allowed for this source");
+    }
+    match callbacks.client.get(subscribe_url).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(source = %source.name, topic_arn, "confirmed the SNS subscription");
+            count(&source.name, "subscription_confirmed");
+            Json(Accepted { accepted: 0, duplicates: 0 }).into_response()
+        }
+        Ok(r) => {
+            tracing::warn!(source = %source.name, status = %r.status(), "SNS subscription confirmation failed");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
+        }
+        Err(e) => {
+            tracing::warn!(source = %source.name, error = %e, "SNS subscription confirmation failed");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Provider callbacks: one module per provider, each with a pure `verify`
+//! (authenticity, checked on the raw bytes, compared in constant time) and a
+//! pure `parse` (verified raw body to normalized events). Nothing here does
+//! I/O or reads the clock: time comes in as `now`, and the one network need
+//! (Amazon SNS signing certificates) is served by the caller through
+//! [`Source::certificate_url`] and a [`CertificateStore`].
+//!
+//! A *source* is one configured provider account (`[[sources]]` in the
+//! configuration), reached at `POST /callbacks/{name}`. Several accounts of
+//! one provider may coexist.
+
+pub mod common;
+
+pub mod brevo;
+pub mod mailgun;
+pub mod mailjet;
+pub mod postmark;
+pub mod resend;
+pub mod sendgrid;
+pub mod ses;
+pub mod sparkpost;
+pub mod twilio;
+pub mod vonage;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+
+use crate::config::SourceConfig;
+use crate::domain::{NormalizedEvent, ProviderName, Target};
+
+/// What verifiers and parsers see of a callback request.
+#[derive(Debug, Clone, Copy)]
+pub struct CallbackRequest<'a> {
+    pub method: &'a Method,
+    /// The URL the provider called, rebuilt from `server.public_url` (never
+    /// from the Host header, which a proxy may rewrite), with the query.
+    pub url: &'a str,
+    /// The raw query string, without `?`.
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    /// When the request arrived (epoch ms): the event time for payloads
+    /// that carry none.
+    pub received_at: i64,
+}
+
+/// Why a callback is not believed to come from the provider. The edge
+/// answers 401 without saying which; the kind is logged (never secrets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("signature does not match")]
+    BadSignature,
+    #[error("credentials do not match")]
+    BadCredentials,
+    #[error("timestamp outside the allowed window")]
+    Stale,
+    #[error("signing certificate not allowed: {0}")]
+    Certificate(&'static str),
+}
+
+/// A verified body that cannot be understood. The message names what is
+/// wrong without quoting the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ParseError(message.into())
+    }
+}
+
+/// One normalized event and the message it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callback {
+    pub target: Target,
+    pub event: NormalizedEvent,
+}
+
+/// Something a callback asks of hookrelay besides recording events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Amazon SNS asks to confirm a subscription; done only for allowed topics.
+    ConfirmSubscription { topic_arn: String, subscribe_url: String },
+    /// Nothing to record (pings, test notices, unsubscribe confirmations).
+    Ignore { why: &'static str },
+}
+
+/// The result of parsing one request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Parsed {
+    pub callbacks: Vec<Callback>,
+    pub action: Option<Action>,
+}
+
+impl Parsed {
+    pub fn events(callbacks: Vec<Callback>) -> Self {
+        Parsed { callbacks, action: None }
+    }
+
+    pub fn ignore(why: &'static str) -> Self {
+        Parsed { callbacks: Vec::new(), action: Some(Action::Ignore { why }) }
+    }
+}
+
+/// Per-source parsing context.
+#[derive(Debug, Clone)]
+pub struct ParseContext {
+    /// The provider name messages are correlated under (`sendgrid`, `ses`, ...).
+    pub provider: ProviderName,
+    /// The metadata key carrying hookrelay's message id (`hookrelay_id`).
+    pub id_field: String,
+}
+
+/// Signing certificates fetched by the caller, by URL.
+pub trait CertificateStore {
+    fn get(&self, url: &str) -> Option<Arc<[u8]>>;
+}
+
+/// A store holding nothing (every provider but SES, and tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCertificates;
+
+impl CertificateStore for NoCertificates {
+    fn get(&self, _: &str) -> Option<Arc<[u8]>> {
+        None
+    }
+}
+
+/// The providers hookrelay understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    SendGrid,
+    Postmark,
+    Mailgun,
+    Ses,
+    Twilio,
+    Resend,
+    Mailjet,
+    Brevo,
+    SparkPost,
+    Vonage,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 10] = [
+        ProviderKind::SendGrid,
+        ProviderKind::Postmark,
+        ProviderKind::Mailgun,
+        ProviderKind::Ses,
+        ProviderKind::Twilio,
+        ProviderKind::Resend,
+        ProviderKind::Mailjet,
+        ProviderKind::Brevo,
+        ProviderKind::SparkPost,
+        ProviderKind::Vonage,
+    ];
+
+    /// The name used in configuration and on messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::SendGrid => "sendgrid",
+            ProviderKind::Postmark => "postmark",
+            ProviderKind::Mailgun => "mailgun",
+            ProviderKind::Ses => "ses",
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Resend => "resend",
+            ProviderKind::Mailjet => "mailjet",
+            ProviderKind::Brevo => "brevo",
+            ProviderKind::SparkPost => "sparkpost",
+            ProviderKind::Vonage => "vonage",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The configuration fields this provider uses (besides `name`,
+    /// `provider`, `id_field`); any other field set on its source is refused.
+    fn accepts(self) -> &'static [&'static str] {
+        match self {
+            ProviderKind::SendGrid => sendgrid::ACCEPTS,
+            ProviderKind::Postmark => postmark::ACCEPTS,
+            ProviderKind::Mailgun => mailgun::ACCEPTS,
+            ProviderKind::Ses => ses::ACCEPTS,
+            ProviderKind::Twilio => twilio::ACCEPTS,
+            ProviderKind::Resend => resend::ACCEPTS,
+            ProviderKind::Mailjet => mailjet::ACCEPTS,
+            ProviderKind::Brevo => brevo::ACCEPTS,
+            ProviderKind::SparkPost => sparkpost::ACCEPTS,
+            ProviderKind::Vonage => vonage::ACCEPTS,
+        }
+    }
+}
+
+/// Each provider's credentials, checked and decoded at start-up.
+#[derive(Debug)]
+enum Credentials {
+    SendGrid(sendgrid::Credentials),
+    Postmark(postmark::Credentials),
+    Mailgun(mailgun::Credentials),
+    Ses(ses::Credentials),
+    Twilio(twilio::Credentials),
+    Resend(resend::Credentials),
+    Mailjet(mailjet::Credentials),
+    Brevo(brevo::Credentials),
+    SparkPost(sparkpost::Credentials),
+    Vonage(vonage::Credentials),
+}
+
+/// One configured provider account.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub context: ParseContext,
+    credentials: Credentials,
+}
+
+impl Source {
+    /// Builds a source from its configuration; the error names the field.
+    pub fn from_config(cfg: &SourceConfig) -> Result<Source, String> {
+        let kind = ProviderKind::parse(&cfg.provider).ok_or_else(|| {
+            let all: Vec<_> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("provider: unknown provider `{}`; expected one of {}", cfg.provider, all.join(", "))
+        })?;
+        if let Some(field) = cfg.set_fields().into_iter().find(|f| !kind.accepts().contains(f)) {
+            return Err(format!("{field}: not used by {} sources", kind.as_str()));
+        }
+        if cfg.id_field.is_empty() || cfg.id_field.len() > 64 {
+            return Err("id_field: must be 1 to 64 characters".into());
+        }
+        let credentials = match kind {
+            ProviderKind::SendGrid => Credentials::SendGrid(sendgrid::Credentials::from_config(cfg)?),
+            ProviderKind::Postmark => Credentials::Postmark(postmark::Credentials::from_config(cfg)?),
+            ProviderKind::Mailgun => Credentials::Mailgun(mailgun::Credentials::from_config(cfg)?),
+            ProviderKind::Ses => Credentials::Ses(ses::Credentials::from_config(cfg)?),
+            ProviderKind::Twilio => Credentials::Twilio(twilio::Credentials::from_config(cfg)?),
+            ProviderKind::Resend => Credentials::Resend(resend::Credentials::from_config(cfg)?),
+            ProviderKind::Mailjet => Credentials::Mailjet(mailjet::Credentials::from_config(cfg)?),
+            ProviderKind::Brevo => Credentials::Brevo(brevo::Credentials::from_config(cfg)?),
+            ProviderKind::SparkPost => Credentials::SparkPost(sparkpost::Credentials::from_config(cfg)?),
+            ProviderKind::Vonage => Credentials::Vonage(vonage::Credentials::from_config(cfg)?),
+        };
+        let provider = ProviderName::parse(kind.as_str()).map_err(|e| e.to_string())?;
+        Ok(Source {
+            name: cfg.name.clone(),
+            kind,
+            context: ParseContext { provider, id_field: cfg.id_field.clone() },
+            credentials,
+        })
+    }
+
+    /// The signing certificate this request needs fetched, if any (SES when
+    /// no certificate is pinned). The URL is checked before it is returned:
+    /// only https, Amazon SNS hosts, `.pem` paths.
+    pub fn certificate_url(&self, req: &CallbackRequest<'_>) -> Result<Option<String>, VerifyError> {
+        match &self.credentials {
+            Credentials::Ses(c) => ses::certificate_url(req, c),
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks that the request comes from the provider.
+    pub fn verify(
+        &self,
+        req: &CallbackRequest<'_>,
+        now: i64,
+        certificates: &dyn CertificateStore,
+    ) -> Result<(), VerifyError> {
+        match &self.credentials {
+            Credentials::SendGrid(c) => sendgrid::verify(req, c, now),
+            Credentials::Postmark(c) => postmark::verify(req, c, now),
+            Credentials::Mailgun(c) => mailgun::verify(req, c, now),
+            Credentials::Ses(c) => ses::verify(req, c, now, certificates),
+            Credentials::Twilio(c) => twilio::verify(req, c, now),
+            Credentials::Resend(c) => resend::verify(req, c, now),
+            Credentials::Mailjet(c) => mailjet::verify(req, c, now),
+            Credentials::Brevo(c) => brevo::verify(req, c, now),
+            Credentials::SparkPost(c) => sparkpost::verify(req, c, now),
+            Credentials::Vonage(c) => vonage::verify(req, c, now),
+        }
+    }
+
+    /// Parses a verified request.
+    pub fn parse(&self, req: &CallbackRequest<'_>) -> Result<Parsed, ParseError> {
+        let ctx = &self.context;
+        match self.kind {
+            ProviderKind::SendGrid => sendgrid::parse(req, ctx),
+            ProviderKind::Postmark => postmark::parse(req, ctx),
+            ProviderKind::Mailgun => mailgun::parse(req, ctx),
+            ProviderKind::Ses => ses::parse(req, ctx),
+            ProviderKind::Twilio => twilio::parse(req, ctx),
+            ProviderKind::Resend => resend::parse(req, ctx),
+            ProviderKind::Mailjet => mailjet::parse(req, ctx),
+            ProviderKind::Brevo => brevo::parse(req, ctx),
+            ProviderKind::SparkPost => sparkpost::parse(req, ctx),
+            ProviderKind::Vonage => vonage::parse(req, ctx),
+        }
+    }
+
+    /// The status for a body that verified but cannot be parsed. Mailgun
+    /// reads 406 as "rejected, do not retry"; others get 400.
+    pub fn parse_error_status(&self) -> StatusCode {
+        match self.kind {
+            ProviderKind::Mailgun => StatusCode::NOT_ACCEPTABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whether the provider may deliver callbacks with GET (Vonage SMS
+    /// delivery receipts default to GET with a query string).
+    pub fn accepts_get(&self) -> bool {
+        self.kind == ProviderKind::Vonage
+    }
+
+    /// Topic ARNs whose SNS subscriptions may be confirmed.
+    pub fn allows_topic(&self, topic_arn: &str) -> bool {
+        match &self.credentials {
+            Credentials::Ses(c) => c.allows_topic(topic_arn),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! brevo callbacks end to end (both backends).

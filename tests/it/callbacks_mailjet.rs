@@ -1,0 +1,1 @@
+//! mailjet callbacks end to end (both backends).

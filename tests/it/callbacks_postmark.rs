@@ -1,0 +1,1 @@
+//! postmark callbacks end to end (both backends).

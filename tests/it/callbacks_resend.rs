@@ -1,0 +1,1 @@
+//! resend callbacks end to end (both backends).

@@ -1,0 +1,1 @@
+//! sendgrid callbacks end to end (both backends).

@@ -1,0 +1,1 @@
+//! ses callbacks end to end (both backends).

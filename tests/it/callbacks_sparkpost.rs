@@ -1,0 +1,1 @@
+//! sparkpost callbacks end to end (both backends).

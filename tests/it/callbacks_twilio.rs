@@ -1,0 +1,1 @@
+//! twilio callbacks end to end (both backends).

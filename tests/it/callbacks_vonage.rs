@@ -1,0 +1,1 @@
+//! vonage callbacks end to end (both backends).
