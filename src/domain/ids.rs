@@ -169,8 +169,12 @@ impl ProviderRef {
     /// Longest provider message id accepted; real ones are well under 200.
     pub const MAX_ID_LEN: usize = 512;
 
+    /// Surrounding whitespace and angle brackets are dropped: send APIs
+    /// return `<id@host>` (Mailgun, Brevo) where events carry `id@host`,
+    /// and the two must match.
     pub fn new(provider: ProviderName, message_id: &str) -> Result<Self, IdError> {
         let message_id = message_id.trim();
+        let message_id = message_id.strip_prefix('<').and_then(|m| m.strip_suffix('>')).map_or(message_id, str::trim);
         if message_id.is_empty() {
             return Err(IdError::Empty);
         }
@@ -239,6 +243,16 @@ mod tests {
     fn provider_names_are_lowercased() {
         assert_eq!(ProviderName::parse("SendGrid").map(String::from), Ok("sendgrid".to_owned()));
         assert!(ProviderName::parse("send grid").is_err());
+    }
+
+    #[test]
+    fn provider_refs_drop_angle_brackets() {
+        let p = ProviderName::parse("mailgun").expect("name");
+        let a = ProviderRef::new(p.clone(), " <2018.1@example.org> ").expect("ref");
+        let b = ProviderRef::new(p.clone(), "2018.1@example.org").expect("ref");
+        assert_eq!(a, b);
+        assert_eq!(ProviderRef::new(p.clone(), "<>"), Err(IdError::Empty));
+        assert_eq!(ProviderRef::new(p, "<only-open").map(|r| r.message_id), Ok("<only-open".to_owned()));
     }
 
     #[test]

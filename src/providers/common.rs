@@ -1,5 +1,15 @@
 //! Helpers shared by the provider modules: constant-time credential checks,
 //! timestamp windows, correlation, event construction and time parsing.
+//!
+//! Reasons follow one convention across providers (Courier's vocabulary):
+//! - `BOUNCED`: hard bounce, gave up after retries, or suppressed because of
+//!   an earlier bounce or an invalid address;
+//! - `UNSUBSCRIBED`: suppressed because the recipient unsubscribed (or sent STOP);
+//! - `FILTERED`: blocked by policy, reputation or content filtering, or
+//!   suppressed because of a spam complaint;
+//! - `PROVIDER_ERROR`: the provider failed or refused the message itself
+//!   (rendering failures, API errors, account restrictions);
+//! - `FAILED`: any other undeliverable outcome.
 
 use axum::http::{HeaderMap, HeaderName, header};
 use base64::Engine;
@@ -163,6 +173,14 @@ pub fn event(
     }
 }
 
+/// Marks an open or click the provider says was made by a machine (a
+/// privacy proxy or link scanner): recorded with `machine: true`, and it
+/// moves the status only if the source is configured to let it.
+pub fn machine(event: &mut NormalizedEvent, ctx: &ParseContext) {
+    event.detail.insert("machine".into(), Value::Bool(true));
+    event.affects_status = ctx.machine_events_change_status;
+}
+
 /// `provider:id` for events the provider identifies.
 pub fn key_from_id(ctx: &ParseContext, id: &str) -> String {
     dedupe_key(ctx.provider.as_str(), id)
@@ -273,7 +291,11 @@ pub mod testing {
     }
 
     pub fn context(provider: &str) -> ParseContext {
-        ParseContext { provider: ProviderName::parse(provider).expect("name"), id_field: "hookrelay_id".into() }
+        ParseContext {
+            provider: ProviderName::parse(provider).expect("name"),
+            id_field: "hookrelay_id".into(),
+            machine_events_change_status: false,
+        }
     }
 
     /// A source configuration with only the name and provider set.

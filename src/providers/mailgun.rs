@@ -200,7 +200,7 @@ fn parse_event(data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Cal
         "delivered" => (EventKind::Status(Status::Delivered), None),
         "failed" if severity == "temporary" => (EventKind::Status(Status::Delayed), None),
         "failed" => (EventKind::Status(Status::Undeliverable), Some(failure_reason(reason))),
-        "rejected" => (EventKind::Status(Status::Undeliverable), Some(Reason::Filtered)),
+        "rejected" => (EventKind::Status(Status::Undeliverable), Some(Reason::ProviderError)),
         "opened" => (EventKind::Status(Status::Opened), None),
         "clicked" => (EventKind::Status(Status::Clicked), None),
         "unsubscribed" => (EventKind::Unsubscribed, None),
@@ -505,7 +505,7 @@ mod tests {
             (
                 "rejected.json",
                 EventKind::Status(Status::Undeliverable),
-                Some(Reason::Filtered),
+                Some(Reason::ProviderError),
                 Some("Sandbox subdomains"),
             ),
             ("opened.json", EventKind::Status(Status::Opened), None, None),

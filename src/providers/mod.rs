@@ -115,6 +115,9 @@ pub struct ParseContext {
     pub provider: ProviderName,
     /// The metadata key carrying hookrelay's message id (`hookrelay_id`).
     pub id_field: String,
+    /// Whether opens and clicks the provider flags as machine-made (Apple
+    /// Mail Privacy Protection, link scanners) may move the status.
+    pub machine_events_change_status: bool,
 }
 
 /// Signing certificates fetched by the caller, by URL.
@@ -252,7 +255,7 @@ impl Source {
         Ok(Source {
             name: cfg.name.clone(),
             kind,
-            context: ParseContext { provider, id_field: cfg.id_field.clone() },
+            context: ParseContext { provider, id_field: cfg.id_field.clone(), machine_events_change_status: false },
             credentials,
         })
     }
