@@ -101,7 +101,13 @@ impl Application {
         // Every request that reached the queue gets its answer: the writer
         // commits what is left before it stops.
         writer_stop.cancel();
-        writer.await.context("the ingest writer failed")?;
+        let drain = Duration::from_millis(config.server.shutdown_grace_ms.max(config.ingest.commit_timeout_ms));
+        match tokio::time::timeout(drain, writer).await {
+            Ok(result) => result.context("the ingest writer failed")?,
+            Err(_) => {
+                tracing::warn!("the ingest writer did not drain in time; unanswered requests were not acknowledged")
+            }
+        }
         tracing::info!("hookrelay stopped");
         served.context("the HTTP server task failed")?.context("the HTTP server failed")
     }

@@ -59,6 +59,9 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// How long to wait for a connection before answering 503.
     pub connect_timeout_ms: u64,
+    /// PostgreSQL: longest any statement may run (and wait for a row lock,
+    /// at most half of it) before it is canceled and the request gets 503.
+    pub statement_timeout_ms: u64,
     /// SQLite `synchronous` setting: `full` (a commit survives power loss)
     /// or `normal` (a commit survives a crash of hookrelay, but the last
     /// transactions may be lost on power loss).
@@ -71,6 +74,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://hookrelay.db".into(),
             pool_size: 8,
             connect_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
             sqlite_synchronous: SqliteSync::Full,
         }
     }
@@ -97,11 +101,20 @@ pub struct IngestConfig {
     /// `Retry-After` sent with a 503 when the queue is full or the database
     /// is unavailable.
     pub retry_after_seconds: u64,
+    /// Longest a batch may take to commit; past it, its requests get 503
+    /// (they were not acknowledged, so their senders retry).
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { queue_capacity: 10_000, batch_max_events: 1_000, batch_max_wait_ms: 0, retry_after_seconds: 1 }
+        IngestConfig {
+            queue_capacity: 10_000,
+            batch_max_events: 1_000,
+            batch_max_wait_ms: 0,
+            retry_after_seconds: 1,
+            commit_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -383,6 +396,12 @@ impl Config {
         }
         if self.ingest.batch_max_events == 0 {
             return Err(ConfigError::invalid("ingest.batch_max_events", "must be at least 1"));
+        }
+        if self.ingest.commit_timeout_ms < 100 {
+            return Err(ConfigError::invalid("ingest.commit_timeout_ms", "must be at least 100"));
+        }
+        if self.database.statement_timeout_ms < 100 {
+            return Err(ConfigError::invalid("database.statement_timeout_ms", "must be at least 100"));
         }
         if self.ingest.batch_max_wait_ms > 1_000 {
             return Err(ConfigError::invalid("ingest.batch_max_wait_ms", "must be at most 1000"));

@@ -12,6 +12,12 @@ use crate::config::{LogConfig, LogFormat};
 /// `log.level`. Safe to call more than once (later calls do nothing).
 pub fn init_logging(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // The PostgreSQL driver logs bound parameters (recipients, payloads) at
+    // debug level; never let it.
+    let filter = match "tokio_postgres=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

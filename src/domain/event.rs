@@ -137,6 +137,19 @@ impl NormalizedEvent {
         }
     }
 
+    /// Removes NUL characters from the text fields (PostgreSQL refuses them
+    /// in text; a signed provider payload may still carry them).
+    pub fn scrub(&mut self) {
+        for field in [&mut self.recipient, &mut self.error, &mut self.provider_event].into_iter().flatten() {
+            if field.contains('\0') {
+                field.retain(|c| c != '\0');
+            }
+        }
+        if self.dedupe_key.contains('\0') {
+            self.dedupe_key.retain(|c| c != '\0');
+        }
+    }
+
     /// The status this event may move the message to, if any.
     pub fn effective_status(&self) -> Option<Status> {
         if self.affects_status { self.kind.status() } else { None }
@@ -216,6 +229,15 @@ mod tests {
             let json = serde_json::to_string(&reason).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", reason.as_str()));
         }
+    }
+
+    #[test]
+    fn scrub_removes_nul() {
+        let mut event = NormalizedEvent::status(Status::Sent, 1, "k\0ey".into());
+        event.error = Some("bad\0text".into());
+        event.scrub();
+        assert_eq!(event.dedupe_key, "key");
+        assert_eq!(event.error.as_deref(), Some("badtext"));
     }
 
     #[test]

@@ -178,6 +178,9 @@ impl ProviderRef {
         if message_id.is_empty() {
             return Err(IdError::Empty);
         }
+        if message_id.chars().any(char::is_control) {
+            return Err(IdError::BadChar { allowed: "printable characters" });
+        }
         if message_id.len() > Self::MAX_ID_LEN {
             return Err(IdError::TooLong { max: Self::MAX_ID_LEN });
         }

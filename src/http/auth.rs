@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use std::sync::RwLock;
 use subtle::ConstantTimeEq;
-use tokio::sync::RwLock;
 
 use super::AppState;
 use super::error::ApiError;
@@ -87,27 +87,35 @@ impl ApiKeys {
     /// Whether `key` is a valid API key.
     pub async fn check(&self, key: &str) -> bool {
         let presented = digest(key);
-        if Self::matches(&self.configured, &presented) {
+        if Self::matches(&self.configured, &presented) || self.matches_stored(&presented) {
             return true;
         }
-        {
-            let stored = self.stored.read().await;
-            if Self::matches(&stored.0, &presented) {
-                return true;
+        // Unknown: perhaps a key added since (by another process). Look at
+        // most once per interval, without holding the lock while waiting
+        // for the database.
+        let due = match self.stored.write() {
+            Ok(mut stored) if stored.1.elapsed() >= REFRESH_EVERY => {
+                stored.1 = Instant::now();
+                true
             }
-            if stored.1.elapsed() < REFRESH_EVERY {
-                return false;
-            }
-        }
-        let mut stored = self.stored.write().await;
-        if stored.1.elapsed() >= REFRESH_EVERY {
-            stored.1 = Instant::now();
+            _ => false,
+        };
+        if due {
             match self.store.api_key_hashes().await {
-                Ok(hashes) => stored.0 = hashes.iter().filter_map(|h| decode_hash(h)).collect(),
+                Ok(hashes) => {
+                    let fresh: Vec<[u8; 32]> = hashes.iter().filter_map(|h| decode_hash(h)).collect();
+                    if let Ok(mut stored) = self.stored.write() {
+                        stored.0 = fresh;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot refresh API keys"),
             }
         }
-        Self::matches(&stored.0, &presented)
+        self.matches_stored(&presented)
+    }
+
+    fn matches_stored(&self, presented: &[u8; 32]) -> bool {
+        self.stored.read().is_ok_and(|stored| Self::matches(&stored.0, presented))
     }
 }
 

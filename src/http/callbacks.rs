@@ -239,7 +239,10 @@ async fn receive(
     let commands: Vec<Command> = parsed
         .callbacks
         .into_iter()
-        .map(|cb| Command::Event { target: cb.target, event: Box::new(cb.event), create: true, want_message: false })
+        .map(|mut cb| {
+            cb.event.scrub();
+            Command::Event { target: cb.target, event: Box::new(cb.event), create: true, want_message: false }
+        })
         .collect();
     let events = commands.len();
     match state.ingest.submit(commands).await {

@@ -45,6 +45,10 @@ const MAX_RECIPIENT: usize = 512;
 const MAX_TAGS: usize = 50;
 const MAX_ERROR_TEXT: usize = 2_048;
 const MAX_JSON: usize = 16 * 1024;
+/// 2000-01-01T00:00:00Z: no status event is older.
+const EARLIEST_TS: i64 = 946_684_800_000;
+/// Clock skew tolerated for reported times.
+const MAX_FUTURE_MS: i64 = 86_400_000;
 
 /// A message id from the path; one that cannot exist is simply not found.
 #[derive(Debug)]
@@ -183,6 +187,7 @@ impl RegisterRequest {
     responses(
         (status = 202, description = "Registered (or already registered)", body = RequestId),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "The provider id belongs to another registered message", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -200,12 +205,30 @@ async fn register_message(
             }
             Ok((StatusCode::ACCEPTED, Json(RequestId { request_id: id.into() })))
         }
-        other => Err(unexpected(other)),
+        Outcome::ProviderIdTaken { owner } => Err(provider_id_taken(&owner)),
+        other => Err(unexpected(&other)),
     }
 }
 
-fn unexpected(outcome: Outcome) -> ApiError {
-    ApiError::Internal(format!("unexpected ingest outcome {outcome:?}").into())
+/// A 409 for a provider id that belongs to another registered message.
+fn provider_id_taken(owner: &MessageId) -> ApiError {
+    ApiError::Conflict(format!(
+        "provider_message_id already belongs to message `{owner}`; give each message its own provider id, or \
+         pass hookrelay_id in the provider's metadata when one provider id covers several messages"
+    ))
+}
+
+fn unexpected(outcome: &Outcome) -> ApiError {
+    // Only the variant is named: outcomes can carry recipients and metadata.
+    let variant = match outcome {
+        Outcome::Registered { .. } => "Registered",
+        Outcome::Applied { .. } => "Applied",
+        Outcome::Canceled { .. } => "Canceled",
+        Outcome::Conflict { .. } => "Conflict",
+        Outcome::ProviderIdTaken { .. } => "ProviderIdTaken",
+        Outcome::NotFound => "NotFound",
+    };
+    ApiError::Internal(format!("unexpected ingest outcome {variant}").into())
 }
 
 /// A time given as epoch milliseconds or RFC 3339 text.
@@ -242,12 +265,21 @@ impl EventRequest {
         if status == Status::Enqueued {
             return Err(ApiError::bad_request("ENQUEUED is set by registering the message"));
         }
+        if status == Status::Canceled {
+            return Err(ApiError::bad_request(
+                "cancel with POST /messages/{id}/cancel, which checks it is not too late",
+            ));
+        }
         let ts = match self.ts {
             None => now,
             Some(TimeValue::Millis(ms)) => ms,
             Some(TimeValue::Text(t)) => parse_time(&t)
                 .ok_or_else(|| ApiError::bad_request("`ts` must be epoch milliseconds or RFC 3339 text"))?,
         };
+        // Milestones keep the earliest time, so one absurd time would stick.
+        if !(EARLIEST_TS..=now + MAX_FUTURE_MS).contains(&ts) {
+            return Err(ApiError::bad_request("`ts` must be after 2000-01-01 and not more than a day ahead"));
+        }
         let provider = provider_name(self.provider)?;
         let pmid = text("provider_message_id", self.provider_message_id, ProviderRef::MAX_ID_LEN)?;
         let provider_ref = match (&provider, pmid) {
@@ -319,7 +351,9 @@ fn unknown_status(s: &str) -> ApiError {
     responses(
         (status = 202, description = "Recorded (or a duplicate)", body = MessageView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The provider id belongs to another registered message", body = ErrorBody),
+        (status = 503, body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -338,7 +372,8 @@ async fn report_event(
             Ok(accepted(&message))
         }
         Outcome::NotFound => Err(not_found()),
-        other => Err(unexpected(other)),
+        Outcome::ProviderIdTaken { owner } => Err(provider_id_taken(&owner)),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -366,7 +401,7 @@ async fn cancel_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) 
             Err(ApiError::Conflict(format!("the message is {status} and can no longer be canceled")))
         }
         Outcome::NotFound => Err(not_found()),
-        other => Err(unexpected(other)),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -474,7 +509,17 @@ fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
             })
             .transpose()
     };
-    let plain = |name: &str| -> Result<Option<String>, ApiError> { Ok(q.one(name)?.map(str::to_owned)) };
+    let plain = |name: &str| -> Result<Option<String>, ApiError> {
+        match q.one(name)? {
+            Some(v) if v.chars().any(char::is_control) => {
+                Err(ApiError::bad_request(format!("`{name}` must not contain control characters")))
+            }
+            Some(v) if v.len() > MAX_RECIPIENT => {
+                Err(ApiError::bad_request(format!("`{name}` must be at most {MAX_RECIPIENT} characters")))
+            }
+            other => Ok(other.map(str::to_owned)),
+        }
+    };
     Ok(MessageQuery {
         statuses,
         recipient: plain("recipient")?,

@@ -99,6 +99,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(Extension(ops::OpenApiJson(doc.into())))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -70,5 +70,10 @@ pub enum Outcome {
     Conflict {
         status: Status,
     },
+    /// The provider's message id already belongs to another registered
+    /// message; two registered messages are never merged.
+    ProviderIdTaken {
+        owner: MessageId,
+    },
     NotFound,
 }

@@ -53,6 +53,8 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct Ingest {
     tx: mpsc::Sender<Job>,
+    /// Longest a request waits for its answer (queue time plus commit).
+    wait: Duration,
 }
 
 impl std::fmt::Debug for Job {
@@ -65,13 +67,15 @@ impl Ingest {
     /// Creates the queue and the writer that drains it.
     pub fn new(store: Arc<dyn Store>, config: &IngestConfig) -> (Ingest, BatchWriter) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
         let writer = BatchWriter {
             store,
             rx,
             max_events: config.batch_max_events,
             max_wait: Duration::from_millis(config.batch_max_wait_ms),
+            commit_timeout,
         };
-        (Ingest { tx }, writer)
+        (Ingest { tx, wait: commit_timeout * 3 }, writer)
     }
 
     /// Queues commands and waits until they are committed. Refuses at once
@@ -85,7 +89,12 @@ impl Ingest {
             }
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
         })?;
-        answer.await.unwrap_or(Err(IngestError::ShuttingDown))
+        match tokio::time::timeout(self.wait, answer).await {
+            Ok(answer) => answer.unwrap_or(Err(IngestError::ShuttingDown)),
+            // Not acknowledged: the sender retries, and a commit that lands
+            // after all is deduplicated then.
+            Err(_) => Err(IngestError::Unavailable),
+        }
     }
 
     /// Requests waiting in the queue.
@@ -101,6 +110,7 @@ pub struct BatchWriter {
     rx: mpsc::Receiver<Job>,
     max_events: usize,
     max_wait: Duration,
+    commit_timeout: Duration,
 }
 
 /// How often a batch that lost a race with another process is retried.
@@ -178,9 +188,10 @@ impl BatchWriter {
         let commands: Arc<[Command]> = commands.into();
         match self.apply(commands.clone()).await {
             Ok(outcomes) => answer(sizes, replies, outcomes),
-            Err(StoreError::Other(e)) if replies.len() > 1 => {
-                // One request's data broke the batch: apply each request on
-                // its own so that only that one fails.
+            Err(e @ (StoreError::Other(_) | StoreError::Conflict(_))) if replies.len() > 1 => {
+                // One request broke the batch (bad data, or a conflict that
+                // keeps coming back): apply each request on its own so that
+                // only that one fails.
                 tracing::warn!(error = %e, requests = replies.len(), "batch failed; retrying requests one by one");
                 let mut start = 0;
                 for (size, reply) in sizes.into_iter().zip(replies) {
@@ -203,7 +214,9 @@ impl BatchWriter {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let result = self.store.apply_batch(commands.clone(), now_ms()).await;
+            let result = tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now_ms()))
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the commit timed out".into())));
             metrics::histogram!("hookrelay_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Err(StoreError::Conflict(e)) if attempt < CONFLICT_RETRIES => {

@@ -32,6 +32,7 @@ impl Lookups {
                 Command::Register(r) => {
                     if let Some(id) = &r.id {
                         l.ids.push(id.clone());
+                        l.dedupe_keys.push(dedupe_key("enqueued", id.as_str()));
                     }
                     if let Some(key) = &r.idempotency_key {
                         l.idempotency_keys.push(key.clone());
@@ -49,7 +50,10 @@ impl Lookups {
                     }
                     l.dedupe_keys.push(event.dedupe_key.clone());
                 }
-                Command::Cancel { id, .. } => l.ids.push(id.clone()),
+                Command::Cancel { id, .. } => {
+                    l.ids.push(id.clone());
+                    l.dedupe_keys.push(dedupe_key("canceled", id.as_str()));
+                }
             }
         }
         l.ids.sort();
@@ -192,6 +196,8 @@ struct Planner<'a> {
     by_idempotency: HashMap<String, MessageId>,
     seen_keys: HashSet<String>,
     existing_keys: HashSet<String>,
+    /// Records merged away in this batch, and where they went.
+    merged: HashMap<MessageId, MessageId>,
     plan: Plan,
 }
 
@@ -207,6 +213,7 @@ pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -
         by_idempotency: HashMap::new(),
         seen_keys: HashSet::with_capacity(commands.len()),
         existing_keys: existing_dedupe_keys,
+        merged: HashMap::new(),
         plan: Plan::default(),
     };
     for record in messages {
@@ -252,23 +259,43 @@ impl Planner<'_> {
         self.work.entry(id).or_insert(Work { record, is_new: true, dirty: true, tags_changed: false })
     }
 
+    /// Where a record merged away in this batch went (itself otherwise).
+    fn alias(&self, id: &MessageId) -> MessageId {
+        let mut id = id;
+        while let Some(next) = self.merged.get(id) {
+            id = next;
+        }
+        id.clone()
+    }
+
+    fn is_registered(&self, id: &MessageId) -> bool {
+        self.work.get(id).is_some_and(|w| w.record.registered)
+    }
+
+    fn is_duplicate(&self, key: &str) -> bool {
+        self.existing_keys.contains(key) || self.seen_keys.contains(key)
+    }
+
     fn register(&mut self, r: &Registration) -> Outcome {
         if let Some(key) = &r.idempotency_key
             && let Some(id) = self.by_idempotency.get(key)
         {
-            return Outcome::Registered { id: id.clone(), created: false };
+            return Outcome::Registered { id: self.alias(id), created: false };
         }
         let pref = registration_ref(r);
         let owner = pref.as_ref().and_then(|p| self.by_ref.get(p)).cloned();
         let id = match (&r.id, &owner) {
-            (Some(id), _) => id.clone(),
-            // Callbacks got here first; the registration completes that record.
-            (None, Some(owner)) => owner.clone(),
+            (Some(id), _) => self.alias(id),
+            (None, Some(owner)) if !self.is_registered(owner) => owner.clone(),
+            (None, Some(owner)) => return Outcome::ProviderIdTaken { owner: owner.clone() },
             (None, None) => MessageId::generate(),
         };
-        if self.work.get(&id).is_some_and(|w| w.record.registered) {
+        if self.is_registered(&id) {
             // A repeat of an earlier registration: answer it, change nothing.
             return Outcome::Registered { id, created: false };
+        }
+        if let Some(owner) = owner.as_ref().filter(|o| **o != id && self.is_registered(o)) {
+            return Outcome::ProviderIdTaken { owner: owner.clone() };
         }
         let fresh = !self.work.contains_key(&id);
         let work = self.create(id.clone(), r.ts);
@@ -280,7 +307,10 @@ impl Planner<'_> {
         }
         let mut event = NormalizedEvent::status(Status::Enqueued, r.ts, dedupe_key("enqueued", id.as_str()));
         event.provider.clone_from(&r.provider);
-        if fresh {
+        if self.is_duplicate(&event.dedupe_key) {
+            // Registered once already under this id (the record was merged
+            // away since): the history keeps the first ENQUEUED.
+        } else if fresh {
             // A first registration is the message's first transition (seq 1),
             // which subscribers hear about.
             if let Some(work) = self.work.get_mut(&id) {
@@ -293,6 +323,7 @@ impl Planner<'_> {
         } else {
             self.record_event(&id, &event);
         }
+        // Callbacks got here first under the provider's id: same message.
         if let Some(owner) = owner.filter(|o| *o != id) {
             self.merge(&owner, &id);
         }
@@ -303,35 +334,50 @@ impl Planner<'_> {
     }
 
     fn event(&mut self, target: &Target, event: &NormalizedEvent, create: bool, want_message: bool) -> Outcome {
-        if self.existing_keys.contains(&event.dedupe_key) || self.seen_keys.contains(&event.dedupe_key) {
+        if self.is_duplicate(&event.dedupe_key) {
             let known = self.resolve(target);
             return Outcome::Applied { id: known, duplicate: true, changed: false, message: None };
         }
         // hookrelay's own id wins; the provider's id finds the record otherwise.
+        let named = target.id.as_ref().map(|id| self.alias(id));
         let owner = target.provider.as_ref().and_then(|p| self.by_ref.get(p)).cloned();
-        let id = match (&target.id, owner) {
-            (Some(id), _) if self.work.contains_key(id) => id.clone(),
+        let id = match (named, &owner) {
+            (Some(id), _) if self.work.contains_key(&id) => id,
             (Some(_), _) | (None, None) if !create => return Outcome::NotFound,
-            (Some(id), _) => id.clone(),
-            (None, Some(owner)) => owner,
+            (Some(id), _) => id,
+            (None, Some(owner)) => owner.clone(),
             (None, None) => MessageId::generate(),
         };
+        let taken = owner.as_ref().filter(|o| **o != id && self.is_registered(o)).cloned();
+        if let Some(owner) = &taken
+            && !create
+        {
+            // A sender reporting another registered message's provider id.
+            return Outcome::ProviderIdTaken { owner: owner.clone() };
+        }
         if !self.work.contains_key(&id) {
             self.create(id.clone(), event.ts);
         }
-        // The provider's id ties later callbacks (and a later registration)
-        // to this record; another record holding it is the same message.
-        if let Some(pref) = &target.provider {
-            if let Some(owner) = self.by_ref.get(pref).cloned().filter(|o| *o != id) {
-                self.merge(&owner, &id);
+        match (&target.provider, owner) {
+            // A registered message keeps its provider id; this event is
+            // recorded on the message hookrelay's id names.
+            (Some(_), Some(_)) if taken.is_some() => {}
+            (Some(pref), owner) => {
+                // A record made from earlier callbacks is the same message.
+                if let Some(owner) = owner.filter(|o| *o != id) {
+                    self.merge(&owner, &id);
+                }
+                self.claim_ref(&id, pref.clone());
             }
-            self.claim_ref(&id, pref.clone());
-        } else if let Some(provider) = &event.provider
-            && let Some(work) = self.work.get_mut(&id)
-            && work.record.provider.is_none()
-        {
-            work.record.provider = Some(provider.clone());
-            work.dirty = true;
+            (None, _) => {
+                if let Some(provider) = &event.provider
+                    && let Some(work) = self.work.get_mut(&id)
+                    && work.record.provider.is_none()
+                {
+                    work.record.provider = Some(provider.clone());
+                    work.dirty = true;
+                }
+            }
         }
         let changed = self.record_event(&id, event);
         let message = want_message.then(|| self.work.get(&id).map(|w| Box::new(w.record.clone()))).flatten();
@@ -339,7 +385,8 @@ impl Planner<'_> {
     }
 
     fn cancel(&mut self, id: &MessageId, ts: i64) -> Outcome {
-        let Some(work) = self.work.get(id) else {
+        let id = self.alias(id);
+        let Some(work) = self.work.get(&id) else {
             return Outcome::NotFound;
         };
         let status = work.record.state.status;
@@ -350,8 +397,8 @@ impl Planner<'_> {
             return Outcome::Conflict { status };
         }
         let event = NormalizedEvent::status(Status::Canceled, ts, dedupe_key("canceled", id.as_str()));
-        self.record_event(id, &event);
-        match self.work.get(id) {
+        self.record_event(&id, &event);
+        match self.work.get(&id) {
             Some(w) => Outcome::Canceled { message: Box::new(w.record.clone()) },
             None => Outcome::NotFound,
         }
@@ -359,10 +406,10 @@ impl Planner<'_> {
 
     /// Finds the record a target names, without creating one.
     fn resolve(&self, target: &Target) -> Option<MessageId> {
-        if let Some(id) = &target.id
-            && self.work.contains_key(id)
+        if let Some(id) = target.id.as_ref().map(|id| self.alias(id))
+            && self.work.contains_key(&id)
         {
-            return Some(id.clone());
+            return Some(id);
         }
         if let Some(pref) = &target.provider
             && let Some(id) = self.by_ref.get(pref)
@@ -456,8 +503,9 @@ impl Planner<'_> {
         }
     }
 
-    /// Folds record `from` into record `into`: states join, empty fields are
-    /// filled, history and deliveries move.
+    /// Folds record `from` (made from callbacks, never a registered message)
+    /// into record `into`: states join, empty fields are filled, history and
+    /// deliveries move.
     fn merge(&mut self, from: &MessageId, into: &MessageId) {
         let Some(source) = self.work.remove(from) else { return };
         let changed = {
@@ -493,22 +541,26 @@ impl Planner<'_> {
             target.tags_changed = true;
             changed
         };
-        // Re-point everything already planned for `from`.
+        // History planned for `from` moves; deliveries planned for it are
+        // dropped, since they describe a record that no longer exists (the
+        // merged state is announced below when it changed anything).
         for row in &mut self.plan.events {
             if row.message_id == *from {
                 row.message_id = into.clone();
             }
         }
-        for row in &mut self.plan.deliveries {
-            if row.message_id == *from {
-                row.message_id = into.clone();
-            }
-        }
+        self.plan.deliveries.retain(|d| d.message_id != *from);
         for (_, target) in &mut self.plan.merges {
             if target == from {
                 *target = into.clone();
             }
         }
+        for target in self.merged.values_mut() {
+            if target == from {
+                *target = into.clone();
+            }
+        }
+        self.merged.insert(from.clone(), into.clone());
         if !source.is_new {
             self.plan.merges.push((from.clone(), into.clone()));
         }

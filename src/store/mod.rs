@@ -280,63 +280,86 @@ pub(crate) enum Param {
 
 /// Builds the keyset-paged `GET /messages` query. `placeholder(n)` renders
 /// the n-th (1-based) parameter in the backend's dialect.
+///
+/// With several statuses, each status gets its own ordered, limited scan
+/// (each served by the `(status, enqueued_at, id)` index) and the results are
+/// merged, so a page never sorts every matching row.
 pub(crate) fn list_query(q: &MessageQuery, placeholder: fn(usize) -> String) -> (String, Vec<Param>) {
-    let mut params: Vec<Param> = Vec::new();
+    let mut params = Vec::new();
+    if q.statuses.len() <= 1 {
+        let sql = scan(q, q.statuses.first().copied(), &mut params, placeholder);
+        return (sql, params);
+    }
+    let parts: Vec<String> = q
+        .statuses
+        .iter()
+        .enumerate()
+        .map(|(i, status)| format!("SELECT * FROM ({}) AS s{i}", scan(q, Some(*status), &mut params, placeholder)))
+        .collect();
+    params.push(Param::Int(q.limit as i64 + 1));
+    let limit = placeholder(params.len());
+    let sql = format!(
+        "SELECT * FROM ({}) AS u ORDER BY u.enqueued_at DESC, u.id DESC LIMIT {limit}",
+        parts.join(" UNION ALL ")
+    );
+    (sql, params)
+}
+
+/// One ordered, limited scan for at most one status.
+fn scan(q: &MessageQuery, status: Option<Status>, params: &mut Vec<Param>, placeholder: fn(usize) -> String) -> String {
     let mut conds: Vec<String> = Vec::new();
-    let bind = |params: &mut Vec<Param>, p: Param| {
+    let mut bind = |p: Param| {
         params.push(p);
         placeholder(params.len())
     };
     // With a tag filter the scan is driven from message_tags, whose key
     // carries the paging order, so the tag index serves the whole query.
     let (from, order_e, order_id) = if let Some(tag) = &q.tag {
-        let p = bind(&mut params, Param::Text(tag.clone()));
+        let p = bind(Param::Text(tag.clone()));
         conds.push(format!("t.tag = {p}"));
         ("message_tags t JOIN messages m ON m.id = t.message_id", "t.enqueued_at", "t.message_id")
     } else {
         ("messages m", "m.enqueued_at", "m.id")
     };
-    if !q.statuses.is_empty() {
-        let list: Vec<String> =
-            q.statuses.iter().map(|s| bind(&mut params, Param::Text(s.as_str().to_owned()))).collect();
-        conds.push(format!("m.status IN ({})", list.join(", ")));
+    if let Some(status) = status {
+        let p = bind(Param::Text(status.as_str().to_owned()));
+        conds.push(format!("m.status = {p}"));
     }
     for (column, value) in
         [("m.recipient", &q.recipient), ("m.notification", &q.notification), ("m.event", &q.event), ("m.list", &q.list)]
     {
         if let Some(v) = value {
-            let p = bind(&mut params, Param::Text(v.clone()));
+            let p = bind(Param::Text(v.clone()));
             conds.push(format!("{column} = {p}"));
         }
     }
     if let Some(id) = &q.message_id {
-        let p = bind(&mut params, Param::Text(id.as_str().to_owned()));
+        let p = bind(Param::Text(id.as_str().to_owned()));
         conds.push(format!("m.id = {p}"));
     }
     if let Some(provider) = &q.provider {
-        let p = bind(&mut params, Param::Text(provider.as_str().to_owned()));
+        let p = bind(Param::Text(provider.as_str().to_owned()));
         conds.push(format!("m.provider = {p}"));
     }
     if let Some(after) = q.enqueued_after {
-        let p = bind(&mut params, Param::Int(after));
+        let p = bind(Param::Int(after));
         conds.push(format!("{order_e} >= {p}"));
     }
     if let Some(before) = q.enqueued_before {
-        let p = bind(&mut params, Param::Int(before));
+        let p = bind(Param::Int(before));
         conds.push(format!("{order_e} < {p}"));
     }
     if let Some((e, id)) = &q.after {
-        let pe = bind(&mut params, Param::Int(*e));
-        let pid = bind(&mut params, Param::Text(id.as_str().to_owned()));
+        let pe = bind(Param::Int(*e));
+        let pid = bind(Param::Text(id.as_str().to_owned()));
         conds.push(format!("({order_e}, {order_id}) < ({pe}, {pid})"));
     }
-    let limit = bind(&mut params, Param::Int(q.limit as i64 + 1));
+    let limit = bind(Param::Int(q.limit as i64 + 1));
     let where_clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
-    let sql = format!(
+    format!(
         "SELECT {} FROM {from}{where_clause} ORDER BY {order_e} DESC, {order_id} DESC LIMIT {limit}",
         message_select_list("m")
-    );
-    (sql, params)
+    )
 }
 
 #[cfg(test)]
@@ -356,10 +379,17 @@ mod tests {
         };
         let (sql, params) = list_query(&q, |n| format!("${n}"));
         assert!(sql.contains("FROM message_tags t JOIN messages m"), "{sql}");
-        assert!(sql.contains("m.status IN ($2, $3)"), "{sql}");
-        assert!(sql.contains("(t.enqueued_at, t.message_id) < ($6, $7)"), "{sql}");
-        assert!(sql.ends_with("ORDER BY t.enqueued_at DESC, t.message_id DESC LIMIT $8"), "{sql}");
-        assert_eq!(params.len(), 8);
-        assert_eq!(params[7], Param::Int(21));
+        // One scan per status, each bound separately, merged under one limit.
+        assert!(sql.contains("m.status = $2"), "{sql}");
+        assert!(sql.contains("m.status = $9"), "{sql}");
+        assert!(sql.contains("(t.enqueued_at, t.message_id) < ($5, $6)"), "{sql}");
+        assert!(sql.contains(" UNION ALL "), "{sql}");
+        assert!(sql.ends_with("ORDER BY u.enqueued_at DESC, u.id DESC LIMIT $15"), "{sql}");
+        assert_eq!(params.len(), 15);
+        assert_eq!(params[14], Param::Int(21));
+        let single = MessageQuery { statuses: vec![Status::Sent], limit: 5, ..MessageQuery::default() };
+        let (sql, params) = list_query(&single, |n| format!("?{n}"));
+        assert!(!sql.contains("UNION"), "{sql}");
+        assert_eq!(params, vec![Param::Text("SENT".into()), Param::Int(6)]);
     }
 }

@@ -1,10 +1,13 @@
 //! The PostgreSQL store (deadpool-postgres over tokio-postgres).
 //!
 //! Batches are written with multi-row `UNNEST` statements, prepared once per
-//! connection. Rows a batch touches are locked (`FOR UPDATE`, in id order to
-//! avoid deadlocks between processes); a batch that loses a race with another
-//! process (a unique violation, deadlock or serialization failure) is
-//! reported as [`StoreError::Conflict`] and retried whole by the writer.
+//! connection. The rows a batch touches are found first, then locked in ONE
+//! statement in id order (`FOR UPDATE`), so writers in several processes
+//! always take locks in the same order. A batch that loses a race with
+//! another process (a unique violation, deadlock or serialization failure)
+//! is reported as [`StoreError::Conflict`] and retried whole by the writer.
+//! Every connection has a statement timeout and a lock timeout, so a stuck
+//! database turns into 503 answers rather than requests that never end.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -71,8 +74,8 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
         }
         let class = &code.code()[..2];
         // 08: connection exception, 53: insufficient resources, 57: operator
-        // intervention (shutdown, cannot connect now).
-        if matches!(class, "08" | "53" | "57") {
+        // intervention (shutdown, statement timeout), 55P03: lock timeout.
+        if matches!(class, "08" | "53" | "57") || *code == SqlState::LOCK_NOT_AVAILABLE {
             return StoreError::Unavailable(e.into());
         }
         return StoreError::Other(e.into());
@@ -98,6 +101,11 @@ impl PgStore {
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| StoreError::Other(e.into()))?;
         pg.connect_timeout(timeout);
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let statement = config.statement_timeout_ms;
+        let lock = (statement / 2).max(50);
+        let options = pg.get_options().map(str::to_owned).unwrap_or_default();
+        pg.options(format!("{options} -c statement_timeout={statement} -c lock_timeout={lock}").trim());
         if pg.get_application_name().is_none() {
             pg.application_name("hookrelay");
         }
@@ -270,40 +278,37 @@ pub(crate) fn parse_statuses(text: Option<String>) -> Option<Vec<Status>> {
 }
 
 async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
-    let cols = message_select_list("m");
     let mut loaded = Loaded::default();
-    let mut seen: HashSet<MessageId> = HashSet::new();
-    let mut take = |rows: Vec<Row>, loaded: &mut Loaded| -> Result<(), StoreError> {
-        for row in &rows {
-            let record = decode_message(row)?;
-            if seen.insert(record.id.clone()) {
-                loaded.messages.push(record);
-            }
-        }
-        Ok(())
-    };
-    if !lookups.ids.is_empty() {
-        let ids: Vec<&str> = lookups.ids.iter().map(MessageId::as_str).collect();
-        let sql = format!("SELECT {cols} FROM messages m WHERE m.id = ANY($1) ORDER BY m.id FOR UPDATE");
-        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        take(tx.query(&stmt, &[&ids]).await.map_err(classify)?, &mut loaded)?;
-    }
-    if !lookups.provider_refs.is_empty() {
+    // First find every row the batch touches (by provider id or idempotency
+    // key as well as by id), then lock them all in one statement, in id
+    // order.
+    let mut ids: Vec<String> = lookups.ids.iter().map(|id| id.as_str().to_owned()).collect();
+    if !lookups.provider_refs.is_empty() || !lookups.idempotency_keys.is_empty() {
         let providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
         let pmids: Vec<&str> = lookups.provider_refs.iter().map(|r| r.message_id.as_str()).collect();
+        let stmt = tx
+            .prepare_cached(
+                "SELECT m.id FROM messages m \
+                 JOIN UNNEST($1::text[], $2::text[]) AS r(provider, pmid) \
+                   ON m.provider = r.provider AND m.provider_message_id = r.pmid \
+                 UNION SELECT id FROM messages WHERE idempotency_key = ANY($3)",
+            )
+            .await
+            .map_err(classify)?;
+        let rows = tx.query(&stmt, &[&providers, &pmids, &lookups.idempotency_keys]).await.map_err(classify)?;
+        ids.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    ids.sort();
+    ids.dedup();
+    if !ids.is_empty() {
         let sql = format!(
-            "SELECT {cols} FROM messages m \
-             JOIN UNNEST($1::text[], $2::text[]) AS r(provider, pmid) \
-               ON m.provider = r.provider AND m.provider_message_id = r.pmid \
-             ORDER BY m.id FOR UPDATE OF m"
+            "SELECT {} FROM messages m WHERE m.id = ANY($1) ORDER BY m.id FOR UPDATE",
+            message_select_list("m")
         );
         let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        take(tx.query(&stmt, &[&providers, &pmids]).await.map_err(classify)?, &mut loaded)?;
-    }
-    if !lookups.idempotency_keys.is_empty() {
-        let sql = format!("SELECT {cols} FROM messages m WHERE m.idempotency_key = ANY($1) ORDER BY m.id FOR UPDATE");
-        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        take(tx.query(&stmt, &[&lookups.idempotency_keys]).await.map_err(classify)?, &mut loaded)?;
+        for row in tx.query(&stmt, &[&ids]).await.map_err(classify)? {
+            loaded.messages.push(decode_message(&row)?);
+        }
     }
     if !lookups.dedupe_keys.is_empty() {
         let stmt = tx

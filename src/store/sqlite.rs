@@ -437,8 +437,14 @@ fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
             )
             .map_err(sqlite_error)?;
         for e in &plan.events {
-            stmt.execute(params![e.message_id.as_str(), e.dedupe_key, e.ts, e.received_at, e.kind, e.detail])
+            let inserted = stmt
+                .execute(params![e.message_id.as_str(), e.dedupe_key, e.ts, e.received_at, e.kind, e.detail])
                 .map_err(sqlite_error)?;
+            if inserted != 1 {
+                // The planner saw this key as new; the two stores must agree
+                // that recording it twice is an error, never a silent drop.
+                return Err(StoreError::Conflict("an event of this batch was already recorded".into()));
+            }
         }
     }
     for w in plan.messages.iter().filter(|w| w.tags_changed) {

@@ -18,6 +18,8 @@ backend_tests!(
     requests_without_a_valid_key_are_401,
     bad_bodies_are_400_and_oversized_ones_413,
     history_can_be_filtered_by_type,
+    registrations_sharing_a_provider_id_conflict,
+    odd_inputs_get_clear_errors,
 );
 
 async fn registration_and_lookup(backend: Backend) {
@@ -354,4 +356,49 @@ async fn history_can_be_filtered_by_type(backend: Backend) {
     assert_eq!(body["results"][0]["data"], json!({"attempt": 1}));
     let (_, body) = app.get("/messages/f/history?type=CLICKED").await;
     assert_eq!(body["results"], json!([]));
+}
+
+async fn registrations_sharing_a_provider_id_conflict(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    app.register(json!({"id": "a1", "provider": "sendgrid", "provider_message_id": "X-MSG-1"})).await;
+    let (status, body) =
+        app.post("/messages", json!({"id": "b1", "provider": "sendgrid", "provider_message_id": "X-MSG-1"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("a1")), "{body}");
+    let (status, a1) = app.get("/messages/a1").await;
+    assert_eq!((status, a1["provider_message_id"].clone()), (200, json!("X-MSG-1")), "a1 is intact");
+    assert_eq!(app.get("/messages/b1").await.0, 404);
+    app.register(json!({"id": "c1"})).await;
+    let (status, _) = app
+        .post(
+            "/messages/c1/events",
+            json!({"status": "SENT", "provider": "sendgrid", "provider_message_id": "X-MSG-1"}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(app.history_types("c1").await, ["ENQUEUED"]);
+}
+
+async fn odd_inputs_get_clear_errors(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    for query in ["recipient=%00", "tag=a%0Ab", "notification=%01"] {
+        let (status, body) = app.get(&format!("/messages?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let delete = app.client.delete(app.url("/messages")).bearer_auth(API_KEY).send().await.expect("send");
+    assert_eq!(delete.status(), 405);
+    let (_, body) = crate::helpers::read(delete).await;
+    assert_eq!(body["type"], "invalid_request_error");
+    app.register(json!({"id": "o"})).await;
+    for event in [
+        json!({"status": "CANCELED"}),
+        json!({"status": "SENT", "ts": -99_999_999_999_999_999_i64}),
+        json!({"status": "SENT", "ts": i64::MAX}),
+        json!({"status": "SENT", "ts": "1999-12-31T23:59:59Z"}),
+    ] {
+        let (status, body) = app.post("/messages/o/events", event.clone()).await;
+        assert_eq!(status, 400, "{event}: {body}");
+    }
+    let (_, m) = app.get("/messages/o").await;
+    assert_eq!((m["status"].clone(), m.get("sent").cloned()), (json!("ENQUEUED"), None));
 }

@@ -158,3 +158,34 @@ async fn a_database_that_is_down_answers_503() {
     stop.cancel();
     writer.await.expect("writer stops");
 }
+
+/// A row held locked by another session: the event for it gets 503 within
+/// the statement timeout, other requests are not held up for long, and
+/// everything works again once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_row_answers_503_and_recovers() {
+    let Some(app) = crate::helpers::spawn_app_with(Backend::Postgres, |c| {
+        c.database.statement_timeout_ms = 600;
+        c.ingest.commit_timeout_ms = 1_500;
+    })
+    .await
+    else {
+        return;
+    };
+    app.register(json!({"id": "locked"})).await;
+    let crate::helpers::TestDb::Postgres { url, .. } = &app.db else { unreachable!("postgres") };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute("BEGIN; SELECT * FROM messages WHERE id = 'locked' FOR UPDATE").await.expect("lock");
+
+    let started = std::time::Instant::now();
+    let (status, body) = app.post("/messages/locked/events", json!({"status": "SENT"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "answered within the timeouts");
+    let (status, _) = app.post("/messages", json!({"id": "unrelated"})).await;
+    assert_eq!(status, 202, "other messages are not held up");
+
+    client.batch_execute("ROLLBACK").await.expect("unlock");
+    let (status, m) = app.post("/messages/locked/events", json!({"status": "SENT"})).await;
+    assert_eq!((status, m["status"].clone()), (202, json!("SENT")));
+}

@@ -296,5 +296,118 @@ fn lookups_cover_every_key() {
     assert_eq!(l.ids.len(), 2);
     assert_eq!(l.provider_refs, vec![pref("pm")]);
     assert_eq!(l.idempotency_keys, vec!["k".to_owned()]);
-    assert_eq!(l.dedupe_keys, vec!["sg:1".to_owned()]);
+    // Registrations and cancels have keys of their own, looked up too.
+    assert_eq!(l.dedupe_keys, vec!["canceled:m2".to_owned(), "enqueued:m1".to_owned(), "sg:1".to_owned()]);
+}
+
+fn registered(id: &str, pmid: Option<&str>) -> MessageRecord {
+    let mut m = MessageRecord::new(MessageId::parse(id).expect("id"), NOW - 1_000);
+    m.registered = true;
+    if let Some(pmid) = pmid {
+        m.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+        m.provider_message_id = Some(pmid.into());
+    }
+    m
+}
+
+fn reg_with_ref(id: Option<&str>, pmid: &str) -> Command {
+    let mut r = reg(id);
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some(pmid.into());
+    Command::Register(Box::new(r))
+}
+
+#[test]
+fn registered_messages_are_never_merged_away() {
+    let a = registered("a1", Some("X-MSG-1"));
+    let loaded = || Loaded { messages: vec![a.clone()], ..Loaded::default() };
+    // Another registration with the same provider id: refused, `a1` untouched.
+    let plan = run(&[reg_with_ref(Some("b1"), "X-MSG-1")], loaded());
+    assert_eq!(plan.outcomes, vec![Outcome::ProviderIdTaken { owner: a.id.clone() }]);
+    assert!(plan.messages.is_empty() && plan.merges.is_empty() && plan.events.is_empty());
+    // Without an id it is refused too (it may be another recipient's message).
+    let plan = run(&[reg_with_ref(None, "X-MSG-1")], loaded());
+    assert_eq!(plan.outcomes, vec![Outcome::ProviderIdTaken { owner: a.id.clone() }]);
+    // Two registrations sharing a provider id in one batch: the second is refused.
+    let plan = run(&[reg_with_ref(Some("c1"), "X-MSG-2"), reg_with_ref(Some("d1"), "X-MSG-2")], Loaded::default());
+    assert_eq!(plan.outcomes[1], Outcome::ProviderIdTaken { owner: MessageId::parse("c1").expect("id") });
+    assert_eq!(plan.messages.len(), 1);
+    // A sender event carrying another registered message's provider id.
+    let b = registered("b2", None);
+    let command = Command::Event {
+        target: Target { id: Some(b.id.clone()), provider: Some(pref("X-MSG-1")) },
+        event: ev(Status::Sent, "api:b2", NOW),
+        create: false,
+        want_message: true,
+    };
+    let plan = run(&[command], Loaded { messages: vec![a.clone(), b], ..Loaded::default() });
+    assert_eq!(plan.outcomes, vec![Outcome::ProviderIdTaken { owner: a.id.clone() }]);
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn a_callback_naming_one_message_by_id_leaves_anothers_provider_id_alone() {
+    let a = registered("a1", Some("X-MSG-1"));
+    let y = registered("y1", None);
+    let command = Command::Event {
+        target: Target { id: Some(y.id.clone()), provider: Some(pref("X-MSG-1")) },
+        event: ev(Status::Delivered, "sg:d", NOW),
+        create: true,
+        want_message: false,
+    };
+    let plan = run(&[command], Loaded { messages: vec![a, y], ..Loaded::default() });
+    assert!(plan.merges.is_empty());
+    assert_eq!(stored(&plan, "y1").state.status, Status::Delivered);
+    assert_eq!(stored(&plan, "y1").provider_message_id, None);
+    assert!(plan.messages.iter().all(|m| m.record.id.as_str() != "a1"));
+}
+
+#[test]
+fn deliveries_of_a_record_merged_in_the_same_batch_are_dropped() {
+    let subs = vec![sub("sub_a", None, false)];
+    let mut r = reg(Some("order-9"));
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm-9".into());
+    let plan = run(
+        &[callback("pm-9", Status::Delivered, "sg:1"), Command::Register(Box::new(r))],
+        Loaded { subscriptions: subs, ..Loaded::default() },
+    );
+    assert!(plan.deliveries.iter().all(|d| d.message_id.as_str() == "order-9"), "no delivery for an id never written");
+    for d in &plan.deliveries {
+        let body: Value = serde_json::from_slice(&d.payload).expect("json");
+        assert_eq!(body["data"]["id"], "order-9");
+    }
+    let last: Value = serde_json::from_slice(&plan.deliveries.last().expect("delivery").payload).expect("json");
+    assert_eq!(last["data"]["status"], "DELIVERED");
+}
+
+#[test]
+fn later_commands_for_a_merged_record_follow_it() {
+    // `x-early` is a sender-chosen id echoed by callbacks before registration
+    // under another id; the registration merges it, and a later callback in
+    // the same batch naming `x-early` lands on the survivor.
+    let early = |status, key: &str| Command::Event {
+        target: Target { id: Some(MessageId::parse("x-early").expect("id")), provider: Some(pref("pm-10")) },
+        event: ev(status, key, NOW - 5),
+        create: true,
+        want_message: false,
+    };
+    let mut r = reg(Some("final"));
+    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.provider_message_id = Some("pm-10".into());
+    let plan = run(
+        &[early(Status::Sent, "sg:a"), Command::Register(Box::new(r)), early(Status::Opened, "sg:b")],
+        Loaded::default(),
+    );
+    assert_eq!(plan.messages.len(), 1);
+    assert_eq!(stored(&plan, "final").state.status, Status::Opened);
+    assert!(plan.events.iter().all(|e| e.message_id.as_str() == "final"));
+}
+
+#[test]
+fn a_registration_whose_enqueued_key_exists_adds_no_second_entry() {
+    let loaded = Loaded { existing_dedupe_keys: ["enqueued:m1".to_owned()].into(), ..Loaded::default() };
+    let plan = run(&[Command::Register(Box::new(reg(Some("m1"))))], loaded);
+    assert!(matches!(plan.outcomes[0], Outcome::Registered { created: true, .. }));
+    assert!(plan.events.is_empty(), "the existing ENQUEUED entry is not written again");
 }
