@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::config::{Config, redact_url};
+use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::ssrf::AddressPolicy;
 use crate::http::auth::{ApiKeys, generate_key, hash_key};
 use crate::http::callbacks::Callbacks;
 use crate::http::{self, AppState};
@@ -26,6 +28,7 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     writer: BatchWriter,
+    dispatcher: Dispatcher,
     generated_api_key: Option<String>,
     config: Config,
 }
@@ -41,7 +44,13 @@ impl Application {
         let generated_api_key = ensure_api_key(&config, &store).await?;
         let keys = ApiKeys::load(&config.auth.api_keys, store.clone()).await;
         let sources = config.sources()?;
-        let (ingest, writer) = Ingest::new(store.clone(), &config.ingest);
+        let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
+        let (dispatcher, handoff, delivery) =
+            Dispatcher::new(store.clone(), &config.delivery).map_err(|e| anyhow::anyhow!("delivery: {e}"))?;
+        if config.delivery.enabled {
+            writer = writer.with_handoff(handoff);
+        }
+        let address_policy = AddressPolicy::new(&config.delivery.allow_cidrs).map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(config.listen_addr())
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -53,8 +62,10 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             retry_after: config.ingest.retry_after_seconds,
             callbacks: Callbacks::new(sources, config.public_url(addr)),
+            delivery,
+            address_policy,
         });
-        Ok(Application { listener, addr, state, writer, generated_api_key, config })
+        Ok(Application { listener, addr, state, writer, dispatcher, generated_api_key, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,9 +86,12 @@ impl Application {
     /// requests finish (within `server.shutdown_grace_ms`), commits whatever
     /// is queued, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { listener, state, writer, config, addr, .. } = self;
+        let Application { listener, state, writer, dispatcher, config, addr, .. } = self;
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(writer.run(writer_stop.clone()));
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let delivery_stop = CancellationToken::new();
+        let delivery = config.delivery.enabled.then(|| tokio::spawn(dispatcher.run(delivery_stop.clone(), grace)));
         let router = http::router(state, config.server.body_limit_bytes);
         let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { server.await });
@@ -87,7 +101,6 @@ impl Application {
             result = &mut server => result,
             () = shutdown.cancelled() => {
                 tracing::info!("shutting down: no new connections; finishing in-flight requests");
-                let grace = Duration::from_millis(config.server.shutdown_grace_ms);
                 match tokio::time::timeout(grace, &mut server).await {
                     Ok(result) => result,
                     Err(_) => {
@@ -107,6 +120,12 @@ impl Application {
             Err(_) => {
                 tracing::warn!("the ingest writer did not drain in time; unanswered requests were not acknowledged")
             }
+        }
+        // Then the deliveries: attempts in flight finish (within the grace
+        // period), the rest is released for another process or the next start.
+        delivery_stop.cancel();
+        if let Some(delivery) = delivery {
+            delivery.await.context("the delivery worker failed")?;
         }
         tracing::info!("hookrelay stopped");
         served.context("the HTTP server task failed")?.context("the HTTP server failed")

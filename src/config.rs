@@ -20,6 +20,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub delivery: DeliveryConfig,
     /// Provider accounts whose callbacks arrive at `POST /callbacks/{name}`.
     pub sources: Vec<SourceConfig>,
 }
@@ -114,6 +115,58 @@ impl Default for IngestConfig {
             batch_max_wait_ms: 0,
             retry_after_seconds: 1,
             commit_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Run the delivery worker in this process (turn off for API-only processes).
+    pub enabled: bool,
+    /// Attempts in flight at once in this process, across subscriptions.
+    pub concurrency: usize,
+    /// A subscription's in-flight limit when it sets none.
+    pub default_max_in_flight: u32,
+    /// Delays before attempts 2, 3, ... in seconds; attempts in all = length + 1.
+    pub retry_schedule_seconds: Vec<f64>,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
+    pub jitter: f64,
+    /// Longest `Retry-After` honoured (it can lengthen a delay, never shorten it).
+    pub retry_after_max_seconds: u64,
+    pub connect_timeout_ms: u64,
+    /// Whole attempt, connect to last byte.
+    pub timeout_ms: u64,
+    /// How long a claimed delivery stays with this process before another
+    /// may take it (must exceed `timeout_ms` comfortably).
+    pub lease_seconds: u64,
+    /// Safety-net poll for due work (wake-ups normally come at once).
+    pub poll_interval_ms: u64,
+    /// Deliveries claimed per query.
+    pub claim_batch: usize,
+    /// A subscription failing without a single success for this long is disabled.
+    pub disable_after_failing_seconds: u64,
+    /// Destinations allowed although not globally routable (CIDRs), e.g.
+    /// `["10.0.0.0/8"]` for subscribers on a private network.
+    pub allow_cidrs: Vec<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            concurrency: 256,
+            default_max_in_flight: 32,
+            retry_schedule_seconds: vec![5.0, 300.0, 1_800.0, 7_200.0, 18_000.0, 36_000.0, 36_000.0],
+            jitter: 0.2,
+            retry_after_max_seconds: 86_400,
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            lease_seconds: 60,
+            poll_interval_ms: 1_000,
+            claim_batch: 200,
+            disable_after_failing_seconds: 5 * 86_400,
+            allow_cidrs: Vec::new(),
         }
     }
 }
@@ -415,6 +468,41 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
         self.sources()?;
+        let d = &self.delivery;
+        if d.concurrency == 0 {
+            return Err(ConfigError::invalid("delivery.concurrency", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&d.default_max_in_flight) {
+            return Err(ConfigError::invalid("delivery.default_max_in_flight", "must be from 1 to 10000"));
+        }
+        if let Some(i) =
+            d.retry_schedule_seconds.iter().position(|s| !s.is_finite() || *s < 0.0 || *s > 30.0 * 86_400.0)
+        {
+            return Err(ConfigError::invalid(
+                &format!("delivery.retry_schedule_seconds[{i}]"),
+                "delays are seconds from 0 to 30 days",
+            ));
+        }
+        if !(0.0..=0.5).contains(&d.jitter) {
+            return Err(ConfigError::invalid("delivery.jitter", "must be from 0 to 0.5"));
+        }
+        if d.timeout_ms < 100 || d.connect_timeout_ms < 100 {
+            return Err(ConfigError::invalid("delivery.timeout_ms", "timeouts must be at least 100 ms"));
+        }
+        if d.lease_seconds.saturating_mul(1000) < d.timeout_ms.saturating_add(5_000) {
+            return Err(ConfigError::invalid(
+                "delivery.lease_seconds",
+                "must exceed delivery.timeout_ms by at least 5 seconds, or slow attempts could be sent twice",
+            ));
+        }
+        if d.claim_batch == 0 || d.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "delivery.claim_batch",
+                "claim_batch and poll_interval_ms must be positive",
+            ));
+        }
+        crate::delivery::ssrf::AddressPolicy::new(&d.allow_cidrs)
+            .map_err(|m| ConfigError::invalid("delivery.allow_cidrs", m))?;
         Ok(())
     }
 

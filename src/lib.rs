@@ -27,6 +27,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod ingest;

@@ -100,6 +100,16 @@ string_id!(
     /// arrives first.
     MessageId, prefix = "msg_", max = 128, extra = "-_.:@"
 );
+
+impl MessageId {
+    /// Whether hookrelay generated this id (`msg_` + 32 hex digits) rather
+    /// than a sender choosing it.
+    pub fn is_generated(&self) -> bool {
+        self.0.strip_prefix("msg_").is_some_and(|rest| {
+            rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    }
+}
 string_id!(
     /// A subscription (`sub_` + UUIDv7).
     SubscriptionId, prefix = "sub_", max = 64, extra = "-_"
@@ -232,6 +242,9 @@ mod tests {
         assert!(matches!(MessageId::parse(&"x".repeat(129)), Err(IdError::TooLong { .. })));
         let generated = MessageId::generate();
         assert!(generated.as_str().starts_with("msg_"));
+        assert!(generated.is_generated());
+        assert!(!MessageId::parse("msg_mine").expect("id").is_generated());
+        assert!(!MessageId::parse("order-1").expect("id").is_generated());
         assert!(MessageId::parse(generated.as_str()).is_ok());
     }
 

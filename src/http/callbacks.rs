@@ -82,11 +82,11 @@ impl CertificateCache {
         if self.get(url).is_some() {
             return Ok(());
         }
-        let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let response = client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let body = response.bytes().await.map_err(|e| e.without_url().to_string())?;
         if body.len() > MAX_CERTIFICATE_BYTES {
             return Err("certificate too large".into());
         }
@@ -280,11 +280,12 @@ async fn confirm_subscription(
             Json(Accepted { accepted: 0, duplicates: 0 }).into_response()
         }
         Ok(r) => {
-            tracing::warn!(source = %source.name, status = %r.status(), "SNS subscription confirmation failed");
+            tracing::warn!(source = %source.name, status = %r.status().as_u16(), "SNS subscription confirmation failed");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
         }
         Err(e) => {
-            tracing::warn!(source = %source.name, error = %e, "SNS subscription confirmation failed");
+            // Without the URL: its query carries the subscription token.
+            tracing::warn!(source = %source.name, error = %e.without_url(), "SNS subscription confirmation failed");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
         }
     }

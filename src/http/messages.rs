@@ -455,6 +455,12 @@ pub struct Paging {
     more: bool,
 }
 
+impl Paging {
+    pub fn new(cursor: Option<String>, more: bool) -> Self {
+        Paging { cursor, more }
+    }
+}
+
 /// A page of messages, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageList<'a> {

@@ -4,10 +4,12 @@
 
 pub mod auth;
 pub mod callbacks;
+pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod ops;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +38,11 @@ pub struct AppState {
     /// `Retry-After` seconds for 503 answers.
     pub retry_after: u64,
     pub callbacks: callbacks::Callbacks,
+    /// The delivery worker (or, in an API-only process, a handle that only
+    /// signals other processes through the database).
+    pub delivery: crate::delivery::dispatcher::DeliveryHandle,
+    /// Where subscriber URLs may point.
+    pub address_policy: crate::delivery::ssrf::AddressPolicy,
 }
 
 impl std::fmt::Debug for AppState {
@@ -64,6 +71,8 @@ impl AppState {
     tags(
         (name = "messages", description = "Register messages, report statuses, read message logs"),
         (name = "callbacks", description = "Provider delivery callbacks, verified on the raw body"),
+        (name = "subscriptions", description = "Subscriber endpoints for signed message:updated webhooks"),
+        (name = "deliveries", description = "Outbound deliveries and their attempts"),
         (name = "operations", description = "Health, readiness, metrics, this description"),
     )
 )]
@@ -85,6 +94,8 @@ impl utoipa::Modify for SecurityAddon {
 pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     let protected = OpenApiRouter::new()
         .merge(messages::routes())
+        .merge(subscriptions::routes())
+        .merge(deliveries::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)

@@ -24,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use command::{Command, Outcome, Registration};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::clock::now_ms;
 use crate::config::IngestConfig;
+use crate::delivery::{self, Lease};
 use crate::store::{Store, StoreError};
 
 /// Why a submission was not applied. Nothing was acknowledged; the caller
@@ -44,7 +47,7 @@ pub enum IngestError {
 
 type Reply = oneshot::Sender<Result<Vec<Outcome>, IngestError>>;
 
-struct Job {
+struct Request {
     commands: Vec<Command>,
     reply: Reply,
 }
@@ -52,14 +55,14 @@ struct Job {
 /// The edges' handle on the queue. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Request>,
     /// Longest a request waits for its answer (queue time plus commit).
     wait: Duration,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("commands", &self.commands.len()).finish()
+        f.debug_struct("Request").field("commands", &self.commands.len()).finish()
     }
 }
 
@@ -74,6 +77,7 @@ impl Ingest {
             max_events: config.batch_max_events,
             max_wait: Duration::from_millis(config.batch_max_wait_ms),
             commit_timeout,
+            handoff: None,
         };
         (Ingest { tx, wait: commit_timeout * 3 }, writer)
     }
@@ -82,7 +86,7 @@ impl Ingest {
     /// when the queue is full.
     pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, IngestError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send(Job { commands, reply }).map_err(|e| match e {
+        self.tx.try_send(Request { commands, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 metrics::counter!("hookrelay_ingest_rejected_total", "reason" => "queue_full").increment(1);
                 IngestError::Overloaded
@@ -107,16 +111,35 @@ impl Ingest {
 #[derive(Debug)]
 pub struct BatchWriter {
     store: Arc<dyn Store>,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Request>,
     max_events: usize,
     max_wait: Duration,
     commit_timeout: Duration,
+    handoff: Option<Handoff>,
+}
+
+/// Where the writer hands the deliveries it commits, so that their first
+/// attempt needs no separate claim: they are inserted already leased to this
+/// process. While the receiver is saturated they are inserted unleased and
+/// claimed in the ordinary way (by any process).
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub tx: mpsc::Sender<Vec<delivery::Job>>,
+    pub accepting: Arc<AtomicBool>,
+    pub worker: String,
+    pub lease: Duration,
 }
 
 /// How often a batch that lost a race with another process is retried.
 const CONFLICT_RETRIES: usize = 8;
 
 impl BatchWriter {
+    /// Hands committed deliveries to `handoff` for immediate attempts.
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
+        self
+    }
+
     /// Runs until `shutdown` fires, then stops accepting, commits what is
     /// queued and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -149,7 +172,7 @@ impl BatchWriter {
         }
     }
 
-    async fn run_batch(&mut self, first: Job) {
+    async fn run_batch(&mut self, first: Request) {
         let mut jobs = vec![first];
         let mut events = jobs[0].commands.len();
         // Take everything already waiting, then optionally linger for more.
@@ -214,9 +237,15 @@ impl BatchWriter {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let result = tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now_ms()))
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("the commit timed out".into())));
+            let now = now_ms();
+            let lease = self.handoff.as_ref().filter(|h| h.accepting.load(Ordering::Relaxed)).map(|h| Lease {
+                worker: h.worker.clone(),
+                until: now + i64::try_from(h.lease.as_millis()).unwrap_or(i64::MAX / 2),
+            });
+            let result =
+                tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now, lease))
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the commit timed out".into())));
             metrics::histogram!("hookrelay_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Err(StoreError::Conflict(e)) if attempt < CONFLICT_RETRIES => {
@@ -225,9 +254,18 @@ impl BatchWriter {
                     tracing::debug!(error = %e, attempt, "batch conflicted with another writer; retrying");
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=5 * attempt as u64))).await;
                 }
-                Ok(outcomes) => {
+                Ok(result) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
-                    return Ok(outcomes);
+                    if !result.handoff.is_empty()
+                        && let Some(h) = &self.handoff
+                        && h.tx.try_send(result.handoff).is_err()
+                    {
+                        // They stay leased; when the lease expires any process claims them.
+                        tracing::warn!(
+                            "the delivery worker did not take committed deliveries; they wait for their lease to expire"
+                        );
+                    }
+                    return Ok(result.outcomes);
                 }
                 Err(e) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "failed").increment(1);

@@ -138,6 +138,10 @@ pub enum DeliveryKind {
     Status,
     /// A history event that changed no status (`all_events` subscribers).
     Event,
+    /// The current state re-sent on an operator's request.
+    Replay,
+    /// A signed ping.
+    Test,
 }
 
 impl DeliveryKind {
@@ -145,6 +149,8 @@ impl DeliveryKind {
         match self {
             DeliveryKind::Status => "status",
             DeliveryKind::Event => "event",
+            DeliveryKind::Replay => "replay",
+            DeliveryKind::Test => "test",
         }
     }
 }
@@ -272,6 +278,15 @@ impl Planner<'_> {
         self.work.get(id).is_some_and(|w| w.record.registered)
     }
 
+    /// Whether a record is known only by the provider's id: made from
+    /// callbacks that named no message of hookrelay's. Only such records are
+    /// merged into others; a record someone named (a registration, or a
+    /// callback carrying `hookrelay_id`) is its own message, even when it
+    /// shares a provider id with another (one send to several recipients).
+    fn is_anonymous(&self, id: &MessageId) -> bool {
+        id.is_generated() && !self.is_registered(id)
+    }
+
     fn is_duplicate(&self, key: &str) -> bool {
         self.existing_keys.contains(key) || self.seen_keys.contains(key)
     }
@@ -286,7 +301,7 @@ impl Planner<'_> {
         let owner = pref.as_ref().and_then(|p| self.by_ref.get(p)).cloned();
         let id = match (&r.id, &owner) {
             (Some(id), _) => self.alias(id),
-            (None, Some(owner)) if !self.is_registered(owner) => owner.clone(),
+            (None, Some(owner)) if self.is_anonymous(owner) => owner.clone(),
             (None, Some(owner)) => return Outcome::ProviderIdTaken { owner: owner.clone() },
             (None, None) => MessageId::generate(),
         };
@@ -294,7 +309,7 @@ impl Planner<'_> {
             // A repeat of an earlier registration: answer it, change nothing.
             return Outcome::Registered { id, created: false };
         }
-        if let Some(owner) = owner.as_ref().filter(|o| **o != id && self.is_registered(o)) {
+        if let Some(owner) = owner.as_ref().filter(|o| **o != id && !self.is_anonymous(o)) {
             return Outcome::ProviderIdTaken { owner: owner.clone() };
         }
         let fresh = !self.work.contains_key(&id);
@@ -348,22 +363,22 @@ impl Planner<'_> {
             (None, Some(owner)) => owner.clone(),
             (None, None) => MessageId::generate(),
         };
-        let taken = owner.as_ref().filter(|o| **o != id && self.is_registered(o)).cloned();
+        let taken = owner.as_ref().filter(|o| **o != id && !self.is_anonymous(o)).cloned();
         if let Some(owner) = &taken
             && !create
         {
-            // A sender reporting another registered message's provider id.
+            // A sender reporting another message's provider id.
             return Outcome::ProviderIdTaken { owner: owner.clone() };
         }
         if !self.work.contains_key(&id) {
             self.create(id.clone(), event.ts);
         }
         match (&target.provider, owner) {
-            // A registered message keeps its provider id; this event is
+            // Another named message keeps its provider id; this event is
             // recorded on the message hookrelay's id names.
             (Some(_), Some(_)) if taken.is_some() => {}
             (Some(pref), owner) => {
-                // A record made from earlier callbacks is the same message.
+                // A record made from earlier anonymous callbacks is the same message.
                 if let Some(owner) = owner.filter(|o| *o != id) {
                     self.merge(&owner, &id);
                 }

@@ -61,6 +61,8 @@ pub enum VerifyError {
     Stale,
     #[error("signing certificate not allowed: {0}")]
     Certificate(&'static str),
+    #[error("SNS topic not allowed for this source")]
+    TopicNotAllowed,
 }
 
 /// A verified body that cannot be understood. The message names what is

@@ -287,7 +287,7 @@ pub fn verify(
     // Authentic, but possibly from someone else's topic pointed at this URL:
     // for SNS the topic is what an account credential is elsewhere.
     if kind != "SubscriptionConfirmation" && !creds.allows_topic(topic) {
-        return Err(VerifyError::BadCredentials);
+        return Err(VerifyError::TopicNotAllowed);
     }
     Ok(())
 }
@@ -725,7 +725,7 @@ mod tests {
         let c = creds(&["arn:aws:sns:us-east-1:123456789012:mine"], Some(REFERENCE_CERT));
         assert_eq!(
             check(&fixture("ses", "generated-signed-v2-notification.json"), &c),
-            Err(VerifyError::BadCredentials)
+            Err(VerifyError::TopicNotAllowed)
         );
         // A confirmation is authentic but must not be confirmed: it reaches
         // the edge, which asks allows_topic and answers 403.

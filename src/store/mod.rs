@@ -10,8 +10,14 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
+use crate::delivery::signing::{Scheme, WebhookSecret};
+use crate::delivery::subscription::{PreviousSecret, Subscription};
+use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::event::Reason;
-use crate::domain::{Channel, MessageId, MessageRecord, MessageState, Milestones, ProviderName, Status};
+use crate::domain::{
+    Channel, DeliveryId, MessageId, MessageRecord, MessageState, Milestones, ProviderName, Status, SubscriptionId,
+};
+use crate::ingest::plan::DeliveryRow;
 use crate::ingest::{Command, Outcome};
 
 pub mod postgres;
@@ -89,6 +95,84 @@ impl HistoryEntry {
     }
 }
 
+/// What a committed batch produced.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    /// One per command, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Deliveries inserted already leased to the caller (when it asked for a
+    /// lease), to be attempted without a separate claim.
+    pub handoff: Vec<Job>,
+}
+
+/// A claim for due deliveries.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub lease: Lease,
+    pub now: i64,
+    /// Most first attempts to claim.
+    pub first: usize,
+    /// Most retries to claim (a separate lane, so neither starves the other).
+    pub retries: usize,
+    /// Subscriptions whose work this process cannot take now (saturated).
+    pub exclude: Vec<SubscriptionId>,
+}
+
+/// A subscription whose health changed after a batch of attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disabled {
+    pub subscription_id: SubscriptionId,
+    pub reason: String,
+}
+
+/// Filters for a subscription's deliveries, newest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryQuery {
+    pub subscription_id: SubscriptionId,
+    pub state: Option<DeliveryState>,
+    /// Continue after this `(created_at, id)` position.
+    pub after: Option<(i64, DeliveryId)>,
+    /// Rows to return; the store fetches one more.
+    pub limit: usize,
+}
+
+/// A delivery as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySummary {
+    pub id: DeliveryId,
+    pub subscription_id: SubscriptionId,
+    pub message_id: MessageId,
+    pub seq: i64,
+    pub kind: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    /// Whether an attempt may be running now (leased and not expired).
+    pub leased_until: Option<i64>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// How a manual retry went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryResult {
+    NotFound,
+    /// An attempt is running now; retry after it ends.
+    InFlight,
+    Queued(Box<DeliverySummary>),
+}
+
+/// The outbox at a glance, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    pub pending: i64,
+    /// The earliest `next_attempt_at` among pending deliveries.
+    pub oldest_due: Option<i64>,
+}
+
 /// The storage interface every part of hookrelay uses.
 #[async_trait]
 pub trait Store: std::fmt::Debug + Send + Sync + 'static {
@@ -102,8 +186,14 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// Applies one batch of ingest commands in ONE transaction: dedupe,
     /// transitions, history and outbox rows. Returns one outcome per command,
-    /// only after the commit.
-    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError>;
+    /// only after the commit. With a lease, new deliveries are inserted
+    /// leased to its holder and returned for immediate attempts.
+    async fn apply_batch(
+        &self,
+        commands: Arc<[Command]>,
+        now: i64,
+        lease: Option<Lease>,
+    ) -> Result<BatchResult, StoreError>;
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
 
@@ -117,6 +207,64 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError>;
 
     async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError>;
+
+    async fn create_subscription(&self, subscription: &Subscription) -> Result<(), StoreError>;
+
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError>;
+
+    /// Up to `limit + 1` subscriptions after `after`, by id.
+    async fn list_subscriptions(
+        &self,
+        after: Option<&SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError>;
+
+    /// Replaces a subscription's settings; false when it does not exist.
+    async fn update_subscription(&self, subscription: &Subscription) -> Result<bool, StoreError>;
+
+    /// Deletes a subscription and its deliveries; false when it did not exist.
+    async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError>;
+
+    /// Leases due deliveries of enabled subscriptions, oldest first.
+    async fn claim_deliveries(&self, claim: &Claim) -> Result<Vec<Job>, StoreError>;
+
+    /// Records attempt outcomes (for deliveries still leased to `worker`),
+    /// releases leases not used, and applies subscription health: a success
+    /// clears `failing_since`, a failure starts it, a subscription failing
+    /// longer than `disable_after` ms or answering 410 is disabled. Returns
+    /// the subscriptions it disabled.
+    async fn record_attempts(
+        &self,
+        worker: &str,
+        now: i64,
+        records: &[Recorded],
+        released: &[DeliveryId],
+        health: &[(SubscriptionId, Health)],
+        disable_after: i64,
+    ) -> Result<Vec<Disabled>, StoreError>;
+
+    /// Inserts deliveries outside the ingest path (replays, test pings),
+    /// optionally leased.
+    async fn insert_deliveries(&self, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError>;
+
+    /// Up to `limit + 1` deliveries, newest first.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError>;
+
+    /// A delivery, its payload and every attempt in order.
+    async fn get_delivery(
+        &self,
+        id: &DeliveryId,
+    ) -> Result<Option<(DeliverySummary, Vec<u8>, Vec<AttemptRecord>)>, StoreError>;
+
+    /// Makes a delivery due now (whatever its state) unless an attempt is running.
+    async fn retry_delivery(&self, id: &DeliveryId, now: i64) -> Result<RetryResult, StoreError>;
+
+    async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError>;
+
+    /// Wakes `wake` whenever another process commits deliveries, until
+    /// `stop`. PostgreSQL listens for notifications; SQLite (one process)
+    /// returns at once.
+    async fn listen_for_deliveries(&self, wake: Arc<tokio::sync::Notify>, stop: tokio_util::sync::CancellationToken);
 }
 
 /// Opens (and migrates) the store named by the configuration.
@@ -270,6 +418,199 @@ impl<'a> MessageColumns<'a> {
         }
     }
 }
+
+/// The columns of `subscriptions`, in the order every SELECT uses.
+pub(crate) const SUBSCRIPTION_COLUMNS: &str = "id, url, description, statuses, all_events, signature_scheme, secret, \
+     previous_secrets, headers, enabled, disabled_reason, max_in_flight, rate_limit_per_second, failing_since, \
+     created_at, updated_at";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPrevious {
+    secret: String,
+    expires_at: i64,
+}
+
+fn to_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|v| u32::try_from(v).ok())
+}
+
+/// Decodes a row selected with [`SUBSCRIPTION_COLUMNS`].
+pub(crate) fn decode_subscription(row: &impl RowLike) -> Result<Subscription, StoreError> {
+    let bad = |what: &str| StoreError::other(format!("subscriptions.{what} is malformed"));
+    let statuses = match row.text(3)? {
+        Some(t) => {
+            let names: Vec<String> = serde_json::from_str(&t).map_err(|_| bad("statuses"))?;
+            Some(names.iter().map(|n| Status::parse(n).ok_or_else(|| bad("statuses"))).collect::<Result<_, _>>()?)
+        }
+        None => None,
+    };
+    let scheme = Scheme::parse(&required(row.text(5)?, "signature_scheme")?).ok_or_else(|| bad("signature_scheme"))?;
+    let secret = WebhookSecret::parse(&required(row.text(6)?, "secret")?).map_err(|_| bad("secret"))?;
+    let previous: Vec<StoredPrevious> =
+        serde_json::from_str(&row.text(7)?.unwrap_or_else(|| "[]".into())).map_err(|_| bad("previous_secrets"))?;
+    let previous_secrets = previous
+        .into_iter()
+        .map(|p| {
+            Ok(PreviousSecret {
+                secret: WebhookSecret::parse(&p.secret).map_err(|_| bad("previous_secrets"))?,
+                expires_at: p.expires_at,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let headers: Vec<(String, String)> =
+        serde_json::from_str(&row.text(8)?.unwrap_or_else(|| "[]".into())).map_err(|_| bad("headers"))?;
+    Ok(Subscription {
+        id: SubscriptionId::from_trusted(required(row.text(0)?, "id")?),
+        url: required(row.text(1)?, "url")?,
+        description: row.text(2)?,
+        statuses,
+        all_events: row.boolean(4)?,
+        scheme,
+        secret,
+        previous_secrets,
+        headers,
+        enabled: row.boolean(9)?,
+        disabled_reason: row.text(10)?,
+        max_in_flight: to_u32(row.int(11)?),
+        rate_limit_per_second: to_u32(row.int(12)?),
+        failing_since: row.int(13)?,
+        created_at: required(row.int(14)?, "created_at")?,
+        updated_at: required(row.int(15)?, "updated_at")?,
+    })
+}
+
+/// A subscription flattened into column values (same order as
+/// [`SUBSCRIPTION_COLUMNS`]).
+pub(crate) struct SubscriptionColumns<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub description: Option<&'a str>,
+    pub statuses: Option<String>,
+    pub all_events: bool,
+    pub scheme: &'static str,
+    pub secret: &'a str,
+    pub previous_secrets: String,
+    pub headers: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<&'a str>,
+    pub max_in_flight: Option<i64>,
+    pub rate_limit_per_second: Option<i64>,
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl<'a> SubscriptionColumns<'a> {
+    pub fn of(s: &'a Subscription) -> Self {
+        let previous: Vec<StoredPrevious> = s
+            .previous_secrets
+            .iter()
+            .map(|p| StoredPrevious { secret: p.secret.expose().to_owned(), expires_at: p.expires_at })
+            .collect();
+        SubscriptionColumns {
+            id: s.id.as_str(),
+            url: &s.url,
+            description: s.description.as_deref(),
+            statuses: s.statuses.as_ref().map(|list| {
+                serde_json::to_string(&list.iter().map(|st| st.as_str()).collect::<Vec<_>>()).unwrap_or_default()
+            }),
+            all_events: s.all_events,
+            scheme: s.scheme.as_str(),
+            secret: s.secret.expose(),
+            previous_secrets: serde_json::to_string(&previous).unwrap_or_else(|_| "[]".into()),
+            headers: serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()),
+            enabled: s.enabled,
+            disabled_reason: s.disabled_reason.as_deref(),
+            max_in_flight: s.max_in_flight.map(i64::from),
+            rate_limit_per_second: s.rate_limit_per_second.map(i64::from),
+            failing_since: s.failing_since,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// The columns of a delivery summary, in the order decoding expects.
+pub(crate) const DELIVERY_COLUMNS: &str = "id, subscription_id, message_id, seq, kind, state, attempts, \
+     next_attempt_at, locked_until, last_status, last_error, created_at, updated_at, finished_at";
+
+pub(crate) fn decode_delivery(row: &impl RowLike) -> Result<DeliverySummary, StoreError> {
+    let state_text = required(row.text(5)?, "state")?;
+    Ok(DeliverySummary {
+        id: DeliveryId::from_trusted(required(row.text(0)?, "id")?),
+        subscription_id: SubscriptionId::from_trusted(required(row.text(1)?, "subscription_id")?),
+        message_id: MessageId::from_trusted(required(row.text(2)?, "message_id")?),
+        seq: required(row.int(3)?, "seq")?,
+        kind: required(row.text(4)?, "kind")?,
+        state: DeliveryState::parse(&state_text)
+            .ok_or_else(|| StoreError::other(format!("unknown delivery state {state_text:?}")))?,
+        attempts: to_u32(row.int(6)?).unwrap_or(0),
+        next_attempt_at: row.int(7)?,
+        leased_until: row.int(8)?,
+        last_status: row.int(9)?.and_then(|s| u16::try_from(s).ok()),
+        last_error: row.text(10)?,
+        created_at: required(row.int(11)?, "created_at")?,
+        updated_at: required(row.int(12)?, "updated_at")?,
+        finished_at: row.int(13)?,
+    })
+}
+
+/// The columns of `delivery_attempts` as listed.
+pub(crate) const ATTEMPT_COLUMNS: &str = "attempt, started_at, latency_ms, status_code, error, response_excerpt";
+
+pub(crate) fn decode_attempt(row: &impl RowLike) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        attempt: to_u32(row.int(0)?).unwrap_or(0),
+        started_at: required(row.int(1)?, "started_at")?,
+        latency_ms: row.int(2)?.unwrap_or(0),
+        status_code: row.int(3)?.and_then(|s| u16::try_from(s).ok()),
+        error: row.text(4)?,
+        response_excerpt: row.text(5)?,
+    })
+}
+
+/// Turns the deliveries a plan inserted into jobs for the leaseholder.
+pub(crate) fn handoff(rows: &[DeliveryRow], lease: Option<&Lease>) -> Vec<Job> {
+    let Some(lease) = lease else { return Vec::new() };
+    rows.iter()
+        .map(|d| Job {
+            id: d.id.clone(),
+            subscription_id: d.subscription_id.clone(),
+            message_id: d.message_id.clone(),
+            payload: bytes::Bytes::from(d.payload.clone()),
+            attempts: 0,
+            lease_until: lease.until,
+        })
+        .collect()
+}
+
+/// The subscription-health statements both stores run, as (sql kind,
+/// subscription) pairs reduced to the last word per subscription: one
+/// success anywhere in the batch clears failing.
+pub(crate) fn health_by_subscription(health: &[(SubscriptionId, Health)]) -> Vec<(&SubscriptionId, Health)> {
+    let mut out: Vec<(&SubscriptionId, Health)> = Vec::new();
+    for (id, h) in health {
+        match out.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, current)) => {
+                *current = match (*current, *h) {
+                    (Health::Gone, _) | (_, Health::Gone) => Health::Gone,
+                    (Health::Succeeded, _) | (_, Health::Succeeded) => Health::Succeeded,
+                    _ => Health::Failed,
+                }
+            }
+            None => out.push((id, *h)),
+        }
+    }
+    out
+}
+
+/// Why a subscription is disabled after failing for too long.
+pub(crate) fn failing_reason(disable_after: i64) -> String {
+    format!("every attempt failed for {} hours", disable_after / 3_600_000)
+}
+
+/// The reason recorded when an endpoint answers 410.
+pub(crate) const GONE_REASON: &str = "the endpoint answered 410 Gone";
 
 /// A bound parameter of a built query.
 #[derive(Clone, Debug, PartialEq)]

@@ -21,14 +21,20 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Backend, HistoryEntry, MessageColumns, MessageQuery, Param, RowLike, Store, StoreError, decode_message, list_query,
-    message_select_list,
+    ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats, DeliverySummary,
+    Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
+    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_attempt, decode_delivery, decode_message,
+    decode_subscription, failing_reason, handoff, health_by_subscription, list_query, message_select_list,
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
+use crate::delivery::subscription::Subscription;
+use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
+use crate::domain::DeliveryId;
 use crate::domain::{MessageId, MessageRecord, Status, SubscriptionId};
+use crate::ingest::Command;
+use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
-use crate::ingest::{Command, Outcome};
 
 /// Migrations, applied in order; the number is the schema version.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/migrations/0001_init.sql"))];
@@ -43,12 +49,68 @@ pub const DELIVERY_CHANNEL: &str = "hookrelay_deliveries";
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// For the dedicated LISTEN connection.
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
     }
+}
+
+/// Inserts outbox rows, leased to `lease`'s holder when given, and wakes
+/// other processes (through `NOTIFY`, delivered at commit) when they may
+/// take them.
+async fn insert_deliveries(
+    client: &impl deadpool_postgres::GenericClient,
+    rows: &[DeliveryRow],
+    lease: Option<&Lease>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let (mut ids, mut subs, mut msgs, mut seqs, mut kinds, mut payloads, mut created) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for d in rows {
+        ids.push(d.id.as_str());
+        subs.push(d.subscription_id.as_str());
+        msgs.push(d.message_id.as_str());
+        seqs.push(d.seq);
+        kinds.push(d.kind.as_str());
+        payloads.push(d.payload.as_slice());
+        created.push(d.created_at);
+    }
+    let (worker, until) = match lease {
+        Some(l) => (Some(l.worker.as_str()), Some(l.until)),
+        None => (None, None),
+    };
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
+               next_attempt_at, locked_until, locked_by, created_at, updated_at) \
+             SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, $8, $9, u.created, u.created \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
+               AS u(id, sub, msg, seq, kind, payload, created)",
+        )
+        .await
+        .map_err(classify)?;
+    client
+        .execute(&stmt, &[&ids, &subs, &msgs, &seqs, &kinds, &payloads, &created, &until, &worker])
+        .await
+        .map_err(classify)?;
+    if lease.is_none() {
+        client.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
+    }
+    Ok(())
 }
 
 impl RowLike for Row {
@@ -109,7 +171,8 @@ impl PgStore {
         if pg.get_application_name().is_none() {
             pg.application_name("hookrelay");
         }
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(pg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
@@ -118,7 +181,7 @@ impl PgStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Other(e.into()))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, config: pg })
     }
 
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
@@ -193,14 +256,21 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_batch(
+        &self,
+        commands: Arc<[Command]>,
+        now: i64,
+        lease: Option<Lease>,
+    ) -> Result<BatchResult, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let loaded = load(&tx, &Lookups::for_batch(&commands)).await?;
         let plan = plan::plan(&commands, loaded, now, rfc3339(now));
         write(&tx, &plan).await?;
+        insert_deliveries(&tx, &plan.deliveries, lease.as_ref()).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(plan.outcomes)
+        let handoff = handoff(&plan.deliveries, lease.as_ref());
+        Ok(BatchResult { outcomes: plan.outcomes, handoff })
     }
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
@@ -259,6 +329,433 @@ impl Store for PgStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn create_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let c = SubscriptionColumns::of(sub);
+        let stmt = client
+            .prepare_cached(&format!(
+                "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ))
+            .await
+            .map_err(classify)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.url,
+                    &c.description,
+                    &c.statuses,
+                    &c.all_events,
+                    &c.scheme,
+                    &c.secret,
+                    &c.previous_secrets,
+                    &c.headers,
+                    &c.enabled,
+                    &c.disabled_reason,
+                    &c.max_in_flight,
+                    &c.rate_limit_per_second,
+                    &c.failing_since,
+                    &c.created_at,
+                    &c.updated_at,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"))
+            .await
+            .map_err(classify)?;
+        let row = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(classify)?;
+        row.as_ref().map(decode_subscription).transpose()
+    }
+
+    async fn list_subscriptions(
+        &self,
+        after: Option<&SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
+            ))
+            .await
+            .map_err(classify)?;
+        let after = after.map(SubscriptionId::as_str);
+        let rows = client.query(&stmt, &[&after, &(limit as i64 + 1)]).await.map_err(classify)?;
+        rows.iter().map(decode_subscription).collect()
+    }
+
+    async fn update_subscription(&self, sub: &Subscription) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let c = SubscriptionColumns::of(sub);
+        let stmt = client
+            .prepare_cached(
+                "UPDATE subscriptions SET url = $2, description = $3, statuses = $4, all_events = $5, \
+                   signature_scheme = $6, secret = $7, previous_secrets = $8, headers = $9, enabled = $10, \
+                   disabled_reason = $11, max_in_flight = $12, rate_limit_per_second = $13, failing_since = $14, \
+                   updated_at = $15 WHERE id = $1",
+            )
+            .await
+            .map_err(classify)?;
+        let n = client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.url,
+                    &c.description,
+                    &c.statuses,
+                    &c.all_events,
+                    &c.scheme,
+                    &c.secret,
+                    &c.previous_secrets,
+                    &c.headers,
+                    &c.enabled,
+                    &c.disabled_reason,
+                    &c.max_in_flight,
+                    &c.rate_limit_per_second,
+                    &c.failing_since,
+                    &c.updated_at,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(n == 1)
+    }
+
+    async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await.map_err(classify)?;
+        Ok(n == 1)
+    }
+
+    async fn claim_deliveries(&self, claim: &Claim) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        let exclude: Vec<&str> = claim.exclude.iter().map(SubscriptionId::as_str).collect();
+        let mut jobs = Vec::new();
+        for (lane, limit) in [("d.attempts = 0", claim.first), ("d.attempts > 0", claim.retries)] {
+            if limit == 0 {
+                continue;
+            }
+            let sql = format!(
+                "WITH due AS ( \
+                   SELECT d.id FROM deliveries d \
+                   WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= $1 \
+                     AND (d.locked_until IS NULL OR d.locked_until < $1) \
+                     AND NOT (d.subscription_id = ANY($4)) \
+                     AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled) \
+                   ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED) \
+                 UPDATE deliveries d SET locked_until = $3, locked_by = $5 FROM due WHERE d.id = due.id \
+                 RETURNING d.id, d.subscription_id, d.message_id, d.payload, d.attempts"
+            );
+            let stmt = client.prepare_cached(&sql).await.map_err(classify)?;
+            let rows = client
+                .query(&stmt, &[&claim.now, &(limit as i64), &claim.lease.until, &exclude, &claim.lease.worker])
+                .await
+                .map_err(classify)?;
+            for row in rows {
+                jobs.push(Job {
+                    id: DeliveryId::from_trusted(row.get(0)),
+                    subscription_id: SubscriptionId::from_trusted(row.get(1)),
+                    message_id: MessageId::from_trusted(row.get(2)),
+                    payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(3)),
+                    attempts: u32::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+                    lease_until: claim.lease.until,
+                });
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn record_attempts(
+        &self,
+        worker: &str,
+        now: i64,
+        records: &[Recorded],
+        released: &[DeliveryId],
+        health: &[(SubscriptionId, Health)],
+        disable_after: i64,
+    ) -> Result<Vec<Disabled>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        if !records.is_empty() {
+            let n = records.len();
+            let mut ids = Vec::with_capacity(n);
+            let mut states = Vec::with_capacity(n);
+            let mut attempts = Vec::with_capacity(n);
+            let mut next = Vec::with_capacity(n);
+            let mut statuses = Vec::with_capacity(n);
+            let mut errors = Vec::with_capacity(n);
+            let mut a_num = Vec::with_capacity(n);
+            let mut a_start = Vec::with_capacity(n);
+            let mut a_latency = Vec::with_capacity(n);
+            let mut a_excerpt = Vec::with_capacity(n);
+            for r in records {
+                ids.push(r.id.as_str());
+                states.push(r.state.as_str());
+                attempts.push(i64::from(r.attempts));
+                next.push(r.next_attempt_at);
+                statuses.push(r.attempt.status_code.map(i64::from));
+                errors.push(r.attempt.error.as_deref());
+                a_num.push(i64::from(r.attempt.attempt));
+                a_start.push(r.attempt.started_at);
+                a_latency.push(r.attempt.latency_ms);
+                a_excerpt.push(r.attempt.response_excerpt.as_deref());
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next_at, \
+                       locked_until = NULL, locked_by = NULL, last_status = u.status, last_error = u.error, \
+                       updated_at = $7, finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7 END \
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
+                       AS u(id, state, attempts, next_at, status, error) \
+                     WHERE d.id = u.id AND d.locked_by = $8",
+                )
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&ids, &states, &attempts, &next, &statuses, &errors, &now, &worker])
+                .await
+                .map_err(classify)?;
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, error, \
+                       response_excerpt) \
+                     SELECT u.id, u.attempt, u.started, u.latency, u.status, u.error, u.excerpt \
+                     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[]) \
+                       AS u(id, attempt, started, latency, status, error, excerpt) \
+                     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)",
+                )
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&ids, &a_num, &a_start, &a_latency, &statuses, &errors, &a_excerpt])
+                .await
+                .map_err(classify)?;
+            if records.iter().any(|r| r.state == DeliveryState::Pending) {
+                tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
+            }
+        }
+        if !released.is_empty() {
+            let ids: Vec<&str> = released.iter().map(DeliveryId::as_str).collect();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE id = ANY($1) AND locked_by = $2",
+                )
+                .await
+                .map_err(classify)?;
+            tx.execute(&stmt, &[&ids, &worker]).await.map_err(classify)?;
+        }
+        let mut disabled = Vec::new();
+        for (id, h) in health_by_subscription(health) {
+            let id = id.as_str();
+            match h {
+                Health::Succeeded => {
+                    tx.execute(
+                        "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(classify)?;
+                }
+                Health::Failed => {
+                    tx.execute(
+                        "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2) WHERE id = $1",
+                        &[&id, &now],
+                    )
+                    .await
+                    .map_err(classify)?;
+                    let reason = failing_reason(disable_after);
+                    let n = tx
+                        .execute(
+                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $3, updated_at = $2 \
+                             WHERE id = $1 AND enabled AND failing_since <= $2 - $4",
+                            &[&id, &now, &reason, &disable_after],
+                        )
+                        .await
+                        .map_err(classify)?;
+                    if n == 1 {
+                        disabled
+                            .push(Disabled { subscription_id: SubscriptionId::from_trusted(id.to_owned()), reason });
+                    }
+                }
+                Health::Gone => {
+                    let n = tx
+                        .execute(
+                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3 \
+                             WHERE id = $1 AND enabled",
+                            &[&id, &GONE_REASON, &now],
+                        )
+                        .await
+                        .map_err(classify)?;
+                    if n == 1 {
+                        disabled.push(Disabled {
+                            subscription_id: SubscriptionId::from_trusted(id.to_owned()),
+                            reason: GONE_REASON.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(disabled)
+    }
+
+    async fn insert_deliveries(&self, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        insert_deliveries(&client, rows, lease).await
+    }
+
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
+                 AND ($2::text IS NULL OR state = $2) \
+                 AND ($3::int8 IS NULL OR (created_at, id) < ($3, $4)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $5"
+            ))
+            .await
+            .map_err(classify)?;
+        let state = q.state.map(DeliveryState::as_str);
+        let (after_at, after_id) = match &q.after {
+            Some((at, id)) => (Some(*at), Some(id.as_str())),
+            None => (None, None),
+        };
+        let rows = client
+            .query(&stmt, &[&q.subscription_id.as_str(), &state, &after_at, &after_id, &(q.limit as i64 + 1)])
+            .await
+            .map_err(classify)?;
+        rows.iter().map(decode_delivery).collect()
+    }
+
+    async fn get_delivery(
+        &self,
+        id: &DeliveryId,
+    ) -> Result<Option<(DeliverySummary, Vec<u8>, Vec<AttemptRecord>)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = $1"))
+            .await
+            .map_err(classify)?;
+        let Some(row) = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(classify)? else {
+            return Ok(None);
+        };
+        let summary = decode_delivery(&row)?;
+        let payload: Vec<u8> = row.get(14);
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id"
+            ))
+            .await
+            .map_err(classify)?;
+        let attempts = client.query(&stmt, &[&id.as_str()]).await.map_err(classify)?;
+        let attempts = attempts.iter().map(decode_attempt).collect::<Result<_, _>>()?;
+        Ok(Some((summary, payload, attempts)))
+    }
+
+    async fn retry_delivery(&self, id: &DeliveryId, now: i64) -> Result<RetryResult, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let row = tx
+            .query_opt("SELECT state, locked_until FROM deliveries WHERE id = $1 FOR UPDATE", &[&id.as_str()])
+            .await
+            .map_err(classify)?;
+        let Some(row) = row else { return Ok(RetryResult::NotFound) };
+        let state: String = row.get(0);
+        let locked_until: Option<i64> = row.get(1);
+        if state == "pending" && locked_until.is_some_and(|t| t > now) {
+            return Ok(RetryResult::InFlight);
+        }
+        let stmt = tx
+            .prepare_cached(&format!(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = $2, locked_until = NULL, locked_by = NULL, \
+                   finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING {DELIVERY_COLUMNS}"
+            ))
+            .await
+            .map_err(classify)?;
+        let row = tx.query_one(&stmt, &[&id.as_str(), &now]).await.map_err(classify)?;
+        tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(RetryResult::Queued(Box::new(decode_delivery(&row)?)))
+    }
+
+    async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
+                   LEAST((SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts = 0), \
+                         (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts > 0))",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(DeliveryStats { pending: row.get(0), oldest_due: row.get(1) })
+    }
+
+    async fn listen_for_deliveries(&self, wake: Arc<tokio::sync::Notify>, stop: tokio_util::sync::CancellationToken) {
+        listen(self.config.clone(), wake, stop).await;
+    }
+}
+
+/// Keeps a connection listening on [`DELIVERY_CHANNEL`], reconnecting
+/// after failures, and wakes `wake` on every notification.
+async fn listen(
+    config: tokio_postgres::Config,
+    wake: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    while !stop.is_cancelled() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                backoff = Duration::from_millis(250);
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                let _ = tx.send(());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute(&format!("LISTEN {DELIVERY_CHANNEL}")).await {
+                    tracing::warn!(error = %e, "cannot LISTEN for deliveries");
+                } else {
+                    // Work may have been committed while we were not listening.
+                    wake.notify_one();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            got = rx.recv() => match got {
+                                Some(()) => wake.notify_one(),
+                                None => break,
+                            },
+                        }
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to LISTEN for deliveries; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -520,38 +1017,5 @@ async fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
         }
     }
 
-    if !plan.deliveries.is_empty() {
-        let n = plan.deliveries.len();
-        let (mut ids, mut subs, mut msgs, mut seqs, mut kinds, mut payloads, mut created) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for d in &plan.deliveries {
-            ids.push(d.id.as_str());
-            subs.push(d.subscription_id.as_str());
-            msgs.push(d.message_id.as_str());
-            seqs.push(d.seq);
-            kinds.push(d.kind.as_str());
-            payloads.push(d.payload.as_slice());
-            created.push(d.created_at);
-        }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
-                   next_attempt_at, created_at, updated_at) \
-                 SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, u.created, u.created \
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
-                   AS u(id, sub, msg, seq, kind, payload, created)",
-            )
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[&ids, &subs, &msgs, &seqs, &kinds, &payloads, &created]).await.map_err(classify)?;
-        tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
-    }
     Ok(())
 }

@@ -21,14 +21,20 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, Transactio
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
-    Backend, HistoryEntry, MessageColumns, MessageQuery, Param, RowLike, Store, StoreError, decode_message, list_query,
-    message_select_list,
+    ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats, DeliverySummary,
+    Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
+    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_attempt, decode_delivery, decode_message,
+    decode_subscription, failing_reason, handoff, health_by_subscription, list_query, message_select_list,
 };
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
+use crate::delivery::subscription::Subscription;
+use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
+use crate::domain::DeliveryId;
 use crate::domain::{MessageId, MessageRecord, SubscriptionId};
+use crate::ingest::Command;
+use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
-use crate::ingest::{Command, Outcome};
 use crate::store::postgres::{history_entry, parse_statuses};
 
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("sqlite/migrations/0001_init.sql"))];
@@ -221,14 +227,21 @@ impl Store for SqliteStore {
         self.write(|_| Ok(())).await
     }
 
-    async fn apply_batch(&self, commands: Arc<[Command]>, now: i64) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_batch(
+        &self,
+        commands: Arc<[Command]>,
+        now: i64,
+        lease: Option<Lease>,
+    ) -> Result<BatchResult, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
             let loaded = load(&tx, &Lookups::for_batch(&commands))?;
             let plan = plan::plan(&commands, loaded, now, rfc3339(now));
             write(&tx, &plan)?;
+            insert_deliveries(&tx, &plan.deliveries, lease.as_ref())?;
             tx.commit().map_err(sqlite_error)?;
-            Ok(plan.outcomes)
+            let handoff = handoff(&plan.deliveries, lease.as_ref());
+            Ok(BatchResult { outcomes: plan.outcomes, handoff })
         })
         .await
     }
@@ -306,6 +319,424 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let values = subscription_params(&SubscriptionColumns::of(sub));
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ),
+                rusqlite::params_from_iter(values),
+            )
+            .map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"))
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query([id.as_str()]).map_err(sqlite_error)?;
+            match rows.next().map_err(sqlite_error)? {
+                Some(row) => Ok(Some(decode_subscription(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        after: Option<&SubscriptionId>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let after = after.map(|a| a.as_str().to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+                ))
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query(params![after, limit as i64 + 1]).map_err(sqlite_error)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                out.push(decode_subscription(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_subscription(&self, sub: &Subscription) -> Result<bool, StoreError> {
+        let values = subscription_params(&SubscriptionColumns::of(sub));
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE subscriptions SET url = ?2, description = ?3, statuses = ?4, all_events = ?5, \
+                       signature_scheme = ?6, secret = ?7, previous_secrets = ?8, headers = ?9, enabled = ?10, \
+                       disabled_reason = ?11, max_in_flight = ?12, rate_limit_per_second = ?13, failing_since = ?14, \
+                       updated_at = ?16 WHERE id = ?1 AND ?15 IS NOT NULL",
+                    rusqlite::params_from_iter(values),
+                )
+                .map_err(sqlite_error)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let n = conn.execute("DELETE FROM subscriptions WHERE id = ?1", [id.as_str()]).map_err(sqlite_error)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(&self, claim: &Claim) -> Result<Vec<Job>, StoreError> {
+        let claim = claim.clone();
+        self.write(move |conn| {
+            let exclude = serde_json::to_string(&claim.exclude.iter().map(SubscriptionId::as_str).collect::<Vec<_>>())
+                .unwrap_or_else(|_| "[]".into());
+            let mut jobs = Vec::new();
+            for (lane, limit) in [("d.attempts = 0", claim.first), ("d.attempts > 0", claim.retries)] {
+                if limit == 0 {
+                    continue;
+                }
+                let sql = format!(
+                    "UPDATE deliveries SET locked_until = ?3, locked_by = ?5 WHERE id IN ( \
+                       SELECT d.id FROM deliveries d \
+                       WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= ?1 \
+                         AND (d.locked_until IS NULL OR d.locked_until < ?1) \
+                         AND d.subscription_id NOT IN (SELECT value FROM json_each(?4)) \
+                         AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled) \
+                       ORDER BY d.next_attempt_at LIMIT ?2) \
+                     RETURNING id, subscription_id, message_id, payload, attempts"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+                let mut rows = stmt
+                    .query(params![claim.now, limit as i64, claim.lease.until, exclude, claim.lease.worker])
+                    .map_err(sqlite_error)?;
+                while let Some(row) = rows.next().map_err(sqlite_error)? {
+                    jobs.push(Job {
+                        id: DeliveryId::from_trusted(row.get(0).map_err(sqlite_error)?),
+                        subscription_id: SubscriptionId::from_trusted(row.get(1).map_err(sqlite_error)?),
+                        message_id: MessageId::from_trusted(row.get(2).map_err(sqlite_error)?),
+                        payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(3).map_err(sqlite_error)?),
+                        attempts: u32::try_from(row.get::<_, i64>(4).map_err(sqlite_error)?).unwrap_or(0),
+                        lease_until: claim.lease.until,
+                    });
+                }
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn record_attempts(
+        &self,
+        worker: &str,
+        now: i64,
+        records: &[Recorded],
+        released: &[DeliveryId],
+        health: &[(SubscriptionId, Health)],
+        disable_after: i64,
+    ) -> Result<Vec<Disabled>, StoreError> {
+        let worker = worker.to_owned();
+        let records = records.to_vec();
+        let released = released.to_vec();
+        let health: Vec<(SubscriptionId, Health)> =
+            health_by_subscription(health).into_iter().map(|(id, h)| (id.clone(), h)).collect();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+            {
+                let mut update = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, locked_until = NULL, \
+                           locked_by = NULL, last_status = ?5, last_error = ?6, updated_at = ?7, \
+                           finished_at = CASE WHEN ?2 = 'pending' THEN NULL ELSE ?7 END \
+                         WHERE id = ?1 AND locked_by = ?8",
+                    )
+                    .map_err(sqlite_error)?;
+                let mut attempt = tx
+                    .prepare_cached(
+                        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, \
+                           error, response_excerpt) \
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)",
+                    )
+                    .map_err(sqlite_error)?;
+                for r in &records {
+                    let status = r.attempt.status_code.map(i64::from);
+                    update
+                        .execute(params![
+                            r.id.as_str(),
+                            r.state.as_str(),
+                            i64::from(r.attempts),
+                            r.next_attempt_at,
+                            status,
+                            r.attempt.error,
+                            now,
+                            worker
+                        ])
+                        .map_err(sqlite_error)?;
+                    attempt
+                        .execute(params![
+                            r.id.as_str(),
+                            i64::from(r.attempt.attempt),
+                            r.attempt.started_at,
+                            r.attempt.latency_ms,
+                            status,
+                            r.attempt.error,
+                            r.attempt.response_excerpt
+                        ])
+                        .map_err(sqlite_error)?;
+                }
+                let mut release = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE id = ?1 AND locked_by = ?2",
+                    )
+                    .map_err(sqlite_error)?;
+                for id in &released {
+                    release.execute(params![id.as_str(), worker]).map_err(sqlite_error)?;
+                }
+            }
+            let mut disabled = Vec::new();
+            for (id, h) in &health {
+                match h {
+                    Health::Succeeded => {
+                        tx.execute(
+                            "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
+                            [id.as_str()],
+                        )
+                        .map_err(sqlite_error)?;
+                    }
+                    Health::Failed => {
+                        tx.execute(
+                            "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?2) WHERE id = ?1",
+                            params![id.as_str(), now],
+                        )
+                        .map_err(sqlite_error)?;
+                        let reason = failing_reason(disable_after);
+                        let n = tx
+                            .execute(
+                                "UPDATE subscriptions SET enabled = 0, disabled_reason = ?3, updated_at = ?2 \
+                                 WHERE id = ?1 AND enabled AND failing_since <= ?2 - ?4",
+                                params![id.as_str(), now, reason, disable_after],
+                            )
+                            .map_err(sqlite_error)?;
+                        if n == 1 {
+                            disabled.push(Disabled { subscription_id: id.clone(), reason });
+                        }
+                    }
+                    Health::Gone => {
+                        let n = tx
+                            .execute(
+                                "UPDATE subscriptions SET enabled = 0, disabled_reason = ?2, updated_at = ?3 \
+                                 WHERE id = ?1 AND enabled",
+                                params![id.as_str(), GONE_REASON, now],
+                            )
+                            .map_err(sqlite_error)?;
+                        if n == 1 {
+                            disabled.push(Disabled { subscription_id: id.clone(), reason: GONE_REASON.to_owned() });
+                        }
+                    }
+                }
+            }
+            tx.commit().map_err(sqlite_error)?;
+            Ok(disabled)
+        })
+        .await
+    }
+
+    async fn insert_deliveries(&self, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError> {
+        // DeliveryRow is not Clone: copy the fields the insert needs.
+        let rows: Vec<DeliveryRow> = rows
+            .iter()
+            .map(|d| DeliveryRow {
+                id: d.id.clone(),
+                subscription_id: d.subscription_id.clone(),
+                message_id: d.message_id.clone(),
+                seq: d.seq,
+                kind: d.kind,
+                payload: d.payload.clone(),
+                created_at: d.created_at,
+            })
+            .collect();
+        let lease = lease.cloned();
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sqlite_error)?;
+            insert_deliveries(&tx, &rows, lease.as_ref())?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
+        let q = q.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = ?1 \
+                     AND (?2 IS NULL OR state = ?2) \
+                     AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ))
+                .map_err(sqlite_error)?;
+            let (after_at, after_id) = match &q.after {
+                Some((at, id)) => (Some(*at), Some(id.as_str().to_owned())),
+                None => (None, None),
+            };
+            let mut rows = stmt
+                .query(params![
+                    q.subscription_id.as_str(),
+                    q.state.map(DeliveryState::as_str),
+                    after_at,
+                    after_id,
+                    q.limit as i64 + 1
+                ])
+                .map_err(sqlite_error)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                out.push(decode_delivery(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_delivery(
+        &self,
+        id: &DeliveryId,
+    ) -> Result<Option<(DeliverySummary, Vec<u8>, Vec<AttemptRecord>)>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?1"))
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query([id.as_str()]).map_err(sqlite_error)?;
+            let Some(row) = rows.next().map_err(sqlite_error)? else { return Ok(None) };
+            let summary = decode_delivery(row)?;
+            let payload: Vec<u8> = row.get(14).map_err(sqlite_error)?;
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY id"
+                ))
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query([id.as_str()]).map_err(sqlite_error)?;
+            let mut attempts = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                attempts.push(decode_attempt(row)?);
+            }
+            Ok(Some((summary, payload, attempts)))
+        })
+        .await
+    }
+
+    async fn retry_delivery(&self, id: &DeliveryId, now: i64) -> Result<RetryResult, StoreError> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+            let found: Option<(String, Option<i64>)> = tx
+                .query_row("SELECT state, locked_until FROM deliveries WHERE id = ?1", [id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(sqlite_error)?;
+            let Some((state, locked_until)) = found else { return Ok(RetryResult::NotFound) };
+            if state == "pending" && locked_until.is_some_and(|t| t > now) {
+                return Ok(RetryResult::InFlight);
+            }
+            let summary = {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, locked_until = NULL, \
+                           locked_by = NULL, finished_at = NULL, updated_at = ?2 WHERE id = ?1 \
+                         RETURNING {DELIVERY_COLUMNS}"
+                    ))
+                    .map_err(sqlite_error)?;
+                let mut rows = stmt.query(params![id.as_str(), now]).map_err(sqlite_error)?;
+                match rows.next().map_err(sqlite_error)? {
+                    Some(row) => decode_delivery(row)?,
+                    None => return Ok(RetryResult::NotFound),
+                }
+            };
+            tx.commit().map_err(sqlite_error)?;
+            Ok(RetryResult::Queued(Box::new(summary)))
+        })
+        .await
+    }
+
+    async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
+                   (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending')",
+                [],
+                |r| Ok(DeliveryStats { pending: r.get(0)?, oldest_due: r.get(1)? }),
+            )
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn listen_for_deliveries(&self, _wake: Arc<tokio::sync::Notify>, _stop: tokio_util::sync::CancellationToken) {
+        // One process: new work is signalled in-process.
+    }
+}
+
+fn insert_deliveries(conn: &Connection, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
+               next_attempt_at, locked_until, locked_by, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9, ?7, ?7)",
+        )
+        .map_err(sqlite_error)?;
+    for d in rows {
+        stmt.execute(params![
+            d.id.as_str(),
+            d.subscription_id.as_str(),
+            d.message_id.as_str(),
+            d.seq,
+            d.kind.as_str(),
+            d.payload,
+            d.created_at,
+            lease.map(|l| l.until),
+            lease.map(|l| l.worker.as_str()),
+        ])
+        .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+fn subscription_params(c: &SubscriptionColumns<'_>) -> [rusqlite::types::Value; 16] {
+    use rusqlite::types::Value as V;
+    let text = |s: Option<&str>| s.map_or(V::Null, |s| V::Text(s.to_owned()));
+    let int = |i: Option<i64>| i.map_or(V::Null, V::Integer);
+    [
+        V::Text(c.id.to_owned()),
+        V::Text(c.url.to_owned()),
+        text(c.description),
+        text(c.statuses.as_deref()),
+        V::Integer(i64::from(c.all_events)),
+        V::Text(c.scheme.to_owned()),
+        V::Text(c.secret.to_owned()),
+        V::Text(c.previous_secrets.clone()),
+        V::Text(c.headers.clone()),
+        V::Integer(i64::from(c.enabled)),
+        text(c.disabled_reason),
+        int(c.max_in_flight),
+        int(c.rate_limit_per_second),
+        int(c.failing_since),
+        V::Integer(c.created_at),
+        V::Integer(c.updated_at),
+    ]
 }
 
 fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
@@ -457,27 +888,6 @@ fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
             .map_err(sqlite_error)?;
         for tag in &m.tags {
             stmt.execute(params![tag, m.state.milestones.enqueued, m.id.as_str()]).map_err(sqlite_error)?;
-        }
-    }
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
-                   next_attempt_at, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
-            )
-            .map_err(sqlite_error)?;
-        for d in &plan.deliveries {
-            stmt.execute(params![
-                d.id.as_str(),
-                d.subscription_id.as_str(),
-                d.message_id.as_str(),
-                d.seq,
-                d.kind.as_str(),
-                d.payload,
-                d.created_at
-            ])
-            .map_err(sqlite_error)?;
         }
     }
     Ok(())

@@ -77,6 +77,8 @@ async fn an_api_key_is_generated_once(backend: Backend) {
 async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppState>, hookrelay::ingest::BatchWriter) {
     let config = IngestConfig { queue_capacity, retry_after_seconds: 7, ..IngestConfig::default() };
     let (ingest, writer) = Ingest::new(store.clone(), &config);
+    let (_, _, delivery) =
+        hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default()).expect("dispatcher");
     let keys = ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await;
     let state = Arc::new(AppState {
         store,
@@ -85,6 +87,8 @@ async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppStat
         metrics: hookrelay::telemetry::metrics_handle(),
         retry_after: config.retry_after_seconds,
         callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://127.0.0.1".into()),
+        delivery,
+        address_policy: Default::default(),
     });
     (state, writer)
 }

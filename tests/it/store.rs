@@ -54,15 +54,20 @@ async fn callbacks_before_registration_merge_into_it(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else { return };
     let store = open(&db).await;
     let early = store
-        .apply_batch(vec![callback("ses-1", Status::Delivered, "ses:a", 1_500)].into(), 3_000)
+        .apply_batch(vec![callback("ses-1", Status::Delivered, "ses:a", 1_500)].into(), 3_000, None)
         .await
-        .expect("first batch");
+        .expect("first batch")
+        .outcomes;
     let Outcome::Applied { id: Some(temporary), .. } = &early[0] else { panic!("{early:?}") };
-    let opened =
-        store.apply_batch(vec![callback("ses-1", Status::Opened, "ses:b", 1_600)].into(), 3_100).await.expect("second");
+    let opened = store
+        .apply_batch(vec![callback("ses-1", Status::Opened, "ses:b", 1_600)].into(), 3_100, None)
+        .await
+        .expect("second")
+        .outcomes;
     assert!(matches!(&opened[0], Outcome::Applied { id: Some(same), .. } if same == temporary));
 
-    let registered = store.apply_batch(vec![registration("mine", "ses-1")].into(), 4_000).await.expect("register");
+    let registered =
+        store.apply_batch(vec![registration("mine", "ses-1")].into(), 4_000, None).await.expect("register").outcomes;
     assert_eq!(registered[0], Outcome::Registered { id: MessageId::parse("mine").expect("id"), created: true });
     assert!(store.get_message(temporary).await.expect("read").is_none(), "the callback record was merged away");
     let merged = store.get_message(&MessageId::parse("mine").expect("id")).await.expect("read").expect("exists");
@@ -76,7 +81,10 @@ async fn callbacks_before_registration_merge_into_it(backend: Backend) {
     assert_eq!(kinds, ["DELIVERED", "OPENED", "ENQUEUED"]);
 
     // Later callbacks by provider id land on the merged record.
-    store.apply_batch(vec![callback("ses-1", Status::Clicked, "ses:c", 5_000)].into(), 5_000).await.expect("later");
+    store
+        .apply_batch(vec![callback("ses-1", Status::Clicked, "ses:c", 5_000)].into(), 5_000, None)
+        .await
+        .expect("later");
     let merged = store.get_message(&merged.id).await.expect("read").expect("exists");
     assert_eq!(merged.state.status, Status::Clicked);
     let tagged = store

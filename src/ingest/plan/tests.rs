@@ -383,22 +383,26 @@ fn deliveries_of_a_record_merged_in_the_same_batch_are_dropped() {
 
 #[test]
 fn later_commands_for_a_merged_record_follow_it() {
-    // `x-early` is a sender-chosen id echoed by callbacks before registration
-    // under another id; the registration merges it, and a later callback in
-    // the same batch naming `x-early` lands on the survivor.
-    let early = |status, key: &str| Command::Event {
-        target: Target { id: Some(MessageId::parse("x-early").expect("id")), provider: Some(pref("pm-10")) },
-        event: ev(status, key, NOW - 5),
-        create: true,
-        want_message: false,
-    };
+    // An anonymous record (made from provider-id-only callbacks) is merged
+    // by a registration; a later command in the same batch naming the old
+    // id (as listed by GET /messages) lands on the survivor.
+    let mut anonymous = MessageRecord::new(MessageId::generate(), NOW - 100);
+    anonymous.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    anonymous.provider_message_id = Some("pm-10".into());
+    anonymous.state.apply(Status::Sent, NOW - 90, None, None);
+    let old_id = anonymous.id.clone();
     let mut r = reg(Some("final"));
     r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
     r.provider_message_id = Some("pm-10".into());
-    let plan = run(
-        &[early(Status::Sent, "sg:a"), Command::Register(Box::new(r)), early(Status::Opened, "sg:b")],
-        Loaded::default(),
-    );
+    let by_old_id = Command::Event {
+        target: Target { id: Some(old_id.clone()), provider: None },
+        event: ev(Status::Opened, "api:x", NOW - 5),
+        create: false,
+        want_message: false,
+    };
+    let plan =
+        run(&[Command::Register(Box::new(r)), by_old_id], Loaded { messages: vec![anonymous], ..Loaded::default() });
+    assert_eq!(plan.merges, vec![(old_id, MessageId::parse("final").expect("id"))]);
     assert_eq!(plan.messages.len(), 1);
     assert_eq!(stored(&plan, "final").state.status, Status::Opened);
     assert!(plan.events.iter().all(|e| e.message_id.as_str() == "final"));
@@ -410,4 +414,38 @@ fn a_registration_whose_enqueued_key_exists_adds_no_second_entry() {
     let plan = run(&[Command::Register(Box::new(reg(Some("m1"))))], loaded);
     assert!(matches!(plan.outcomes[0], Outcome::Registered { created: true, .. }));
     assert!(plan.events.is_empty(), "the existing ENQUEUED entry is not written again");
+}
+
+#[test]
+fn one_send_to_several_recipients_stays_several_messages() {
+    // SendGrid personalizations / Mailgun recipient variables: one provider
+    // id, each recipient's callbacks naming its own hookrelay id.
+    let named = |id: &str, key: &str| Command::Event {
+        target: Target { id: Some(MessageId::parse(id).expect("id")), provider: Some(pref("X-BATCH")) },
+        event: ev(Status::Delivered, key, NOW - 5),
+        create: true,
+        want_message: false,
+    };
+    let plan = run(&[named("batch-a", "sg:a"), named("batch-b", "sg:b")], Loaded::default());
+    assert!(plan.merges.is_empty());
+    assert_eq!(plan.messages.len(), 2, "two messages");
+    assert_eq!(stored(&plan, "batch-a").provider_message_id.as_deref(), Some("X-BATCH"));
+    assert_eq!(stored(&plan, "batch-b").provider_message_id, None, "the first keeps the shared provider id");
+    assert_eq!(stored(&plan, "batch-b").state.status, Status::Delivered);
+    // Across batches too.
+    let a = stored(&plan, "batch-a");
+    let plan = run(&[named("batch-c", "sg:c")], Loaded { messages: vec![a], ..Loaded::default() });
+    assert!(plan.merges.is_empty());
+    assert!(plan.messages.iter().any(|m| m.record.id.as_str() == "batch-c"));
+    // A registration claiming the provider id another named message holds is refused.
+    let plan =
+        run(&[reg_with_ref(Some("batch-z"), "X-BATCH")], Loaded { messages: vec![stored_a()], ..Loaded::default() });
+    assert_eq!(plan.outcomes, vec![Outcome::ProviderIdTaken { owner: MessageId::parse("batch-a").expect("id") }]);
+}
+
+fn stored_a() -> MessageRecord {
+    let mut a = MessageRecord::new(MessageId::parse("batch-a").expect("id"), NOW - 100);
+    a.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    a.provider_message_id = Some("X-BATCH".into());
+    a
 }

@@ -74,8 +74,8 @@ CREATE TABLE subscriptions (
     headers               TEXT NOT NULL DEFAULT '{}',
     enabled               BOOLEAN NOT NULL DEFAULT TRUE,
     disabled_reason       TEXT,
-    max_in_flight         INTEGER NOT NULL,
-    rate_limit_per_second INTEGER,
+    max_in_flight         BIGINT,
+    rate_limit_per_second BIGINT,
     failing_since         BIGINT,
     created_at            BIGINT NOT NULL,
     updated_at            BIGINT NOT NULL
@@ -91,28 +91,31 @@ CREATE TABLE deliveries (
     kind            TEXT NOT NULL,
     payload         BYTEA NOT NULL,
     state           TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
+    attempts        BIGINT NOT NULL DEFAULT 0,
     next_attempt_at BIGINT,
     locked_until    BIGINT,
     locked_by       TEXT,
-    last_status     INTEGER,
+    last_status     BIGINT,
     last_error      TEXT,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
     finished_at     BIGINT
 );
--- Due work, claimed oldest first.
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+-- Due work, claimed oldest first, in two lanes so that a backlog of
+-- retries never starves first attempts.
+CREATE INDEX deliveries_due_first ON deliveries (next_attempt_at) WHERE state = 'pending' AND attempts = 0;
+CREATE INDEX deliveries_due_retry ON deliveries (next_attempt_at) WHERE state = 'pending' AND attempts > 0;
 CREATE INDEX deliveries_subscription ON deliveries (subscription_id, created_at, id);
+CREATE INDEX deliveries_subscription_state ON deliveries (subscription_id, state, created_at, id);
 CREATE INDEX deliveries_message ON deliveries (message_id);
 
 CREATE TABLE delivery_attempts (
     id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     delivery_id      TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
-    attempt          INTEGER NOT NULL,
+    attempt          BIGINT NOT NULL,
     started_at       BIGINT NOT NULL,
-    latency_ms       INTEGER,
-    status_code      INTEGER,
+    latency_ms       BIGINT,
+    status_code      BIGINT,
     error            TEXT,
     response_excerpt TEXT
 );

@@ -74,7 +74,7 @@ CREATE TABLE subscriptions (
     headers               TEXT NOT NULL DEFAULT '{}',
     enabled               INTEGER NOT NULL DEFAULT 1,
     disabled_reason       TEXT,
-    max_in_flight         INTEGER NOT NULL,
+    max_in_flight         INTEGER,
     rate_limit_per_second INTEGER,
     failing_since         BIGINT,
     created_at            BIGINT NOT NULL,
@@ -101,9 +101,12 @@ CREATE TABLE deliveries (
     updated_at      BIGINT NOT NULL,
     finished_at     BIGINT
 );
--- Due work, claimed oldest first.
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+-- Due work, claimed oldest first, in two lanes so that a backlog of
+-- retries never starves first attempts.
+CREATE INDEX deliveries_due_first ON deliveries (next_attempt_at) WHERE state = 'pending' AND attempts = 0;
+CREATE INDEX deliveries_due_retry ON deliveries (next_attempt_at) WHERE state = 'pending' AND attempts > 0;
 CREATE INDEX deliveries_subscription ON deliveries (subscription_id, created_at, id);
+CREATE INDEX deliveries_subscription_state ON deliveries (subscription_id, state, created_at, id);
 CREATE INDEX deliveries_message ON deliveries (message_id);
 
 CREATE TABLE delivery_attempts (

@@ -1,0 +1,730 @@
+//! The delivery worker.
+//!
+//! One scheduler task owns the local work: a queue per subscription, served
+//! round-robin, each limited by the subscription's in-flight cap and rate,
+//! all under a process-wide concurrency cap. Work arrives three ways: handed
+//! over by the ingest writer (inserted already leased to this process, so a
+//! first attempt costs no claim), claimed from the database (due retries,
+//! work committed by other processes, expired leases of crashed ones), or
+//! signalled by `LISTEN/NOTIFY` and in-process wake-ups, with a poll as the
+//! safety net. Claims come in two lanes, first attempts and retries, so a
+//! retry backlog never starves fresh status updates, and skip subscriptions
+//! this process cannot serve now, so a slow endpoint never holds the others.
+//!
+//! Attempts run as tasks and report to the scheduler; outcomes go to a
+//! recorder task that writes them in batches (state, attempt log,
+//! subscription health) in one transaction each. A lease outlives an attempt
+//! (`lease_seconds` > `timeout_ms` + 5 s), and a job whose lease is about to
+//! run out is released instead of started, so one delivery is never in
+//! flight twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{Attempt, Next, RetryPolicy, classify_status};
+use super::client::Client;
+use super::signing;
+use super::ssrf::AddressPolicy;
+use super::subscription::Subscription;
+use super::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
+use crate::clock::now_ms;
+use crate::config::DeliveryConfig;
+use crate::domain::{DeliveryId, SubscriptionId};
+use crate::ingest::Handoff;
+use crate::store::{Claim, Store};
+
+/// Margin kept between a lease's end and the end of an attempt started under it.
+const LEASE_MARGIN_MS: i64 = 5_000;
+/// How often the subscription cache is reloaded even without a change signal.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Outcomes written per transaction at most.
+const RECORD_BATCH: usize = 1_000;
+
+/// Settings derived from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub default_max_in_flight: u32,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub claim_batch: usize,
+    pub timeout: Duration,
+    pub disable_after_ms: i64,
+    pub policy: RetryPolicy,
+}
+
+impl Settings {
+    pub fn from_config(config: &DeliveryConfig) -> Self {
+        Settings {
+            concurrency: config.concurrency,
+            default_max_in_flight: config.default_max_in_flight,
+            lease: Duration::from_secs(config.lease_seconds),
+            poll: Duration::from_millis(config.poll_interval_ms),
+            claim_batch: config.claim_batch,
+            timeout: Duration::from_millis(config.timeout_ms),
+            disable_after_ms: i64::try_from(config.disable_after_failing_seconds.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            policy: RetryPolicy {
+                delays: config.retry_schedule_seconds.iter().map(|s| Duration::from_secs_f64(*s)).collect(),
+                jitter: config.jitter,
+                max_retry_after: Duration::from_secs(config.retry_after_max_seconds),
+            },
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    fn timeout_ms(&self) -> i64 {
+        i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+}
+
+/// What the rest of hookrelay may ask of the worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DeliveryHandle {
+    wake: Arc<Notify>,
+    changed: Arc<Notify>,
+    client: Client,
+    policy: RetryPolicy,
+    worker: String,
+    lease: Duration,
+}
+
+impl DeliveryHandle {
+    /// New deliveries were committed in this process outside the ingest path.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A subscription was created, changed or deleted.
+    pub fn subscriptions_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// This process's name as a lease holder.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// A lease held by this process, starting now.
+    pub fn lease(&self) -> Lease {
+        Lease { worker: self.worker.clone(), until: now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(60_000) }
+    }
+
+    /// One attempt now, outside the queue (test pings). A retryable failure
+    /// ends the delivery as failed: pings are not retried.
+    pub async fn attempt_once(&self, subscription: &Subscription, job: Job) -> Recorded {
+        let mut recorded = attempt(&self.client, &self.policy, subscription, &job).await.recorded;
+        if recorded.state == DeliveryState::Pending {
+            recorded.state = DeliveryState::Failed;
+            recorded.next_attempt_at = None;
+        }
+        recorded
+    }
+}
+
+/// The outcome of one attempt, for the scheduler and the recorder.
+struct Done {
+    recorded: Recorded,
+    health: Health,
+}
+
+/// Sends one attempt and decides what comes of the delivery.
+async fn attempt(client: &Client, policy: &RetryPolicy, sub: &Subscription, job: &Job) -> Done {
+    let started_at = now_ms();
+    let signature =
+        signing::headers(sub.scheme, &sub.signing_secrets(started_at), job.id.as_str(), started_at, &job.payload);
+    let headers: Vec<(&str, &str)> = sub
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain(signature.iter().map(|(n, v)| (*n, v.as_str())))
+        .collect();
+    let response = client.post(&sub.url, &headers, job.payload.clone(), started_at).await;
+    let verdict = match response.status {
+        Some(status) => classify_status(status, response.retry_after),
+        None => Attempt::Retryable { retry_after: None },
+    };
+    let attempts = job.attempts + 1;
+    let (state, next_attempt_at) = match policy.next(verdict, attempts, now_ms(), fastrand::f64()) {
+        Next::Succeeded => (DeliveryState::Succeeded, None),
+        Next::RetryAt(at) => (DeliveryState::Pending, Some(at)),
+        Next::Failed => (DeliveryState::Failed, None),
+        Next::Dead => (DeliveryState::Dead, None),
+    };
+    let health = match verdict {
+        Attempt::Success => Health::Succeeded,
+        Attempt::Gone => Health::Gone,
+        Attempt::Retryable { .. } | Attempt::Permanent => Health::Failed,
+    };
+    let latency = response.latency.as_secs_f64();
+    metrics::histogram!("hookrelay_delivery_attempt_seconds").record(latency);
+    let outcome = match state {
+        DeliveryState::Succeeded => "succeeded",
+        DeliveryState::Pending => "retry_scheduled",
+        DeliveryState::Failed => "failed",
+        DeliveryState::Dead => "dead",
+    };
+    metrics::counter!("hookrelay_deliveries_total", "outcome" => outcome).increment(1);
+    if state != DeliveryState::Succeeded {
+        tracing::debug!(
+            delivery.id = %job.id, subscription.id = %sub.id, attempt = attempts, status = ?response.status,
+            error = response.error.as_deref().unwrap_or(""), "delivery attempt failed"
+        );
+    }
+    Done {
+        health,
+        recorded: Recorded {
+            id: job.id.clone(),
+            subscription_id: sub.id.clone(),
+            state,
+            attempts,
+            next_attempt_at,
+            attempt: AttemptRecord {
+                attempt: attempts,
+                started_at,
+                latency_ms: i64::try_from(response.latency.as_millis()).unwrap_or(i64::MAX),
+                status_code: response.status,
+                error: response.error,
+                response_excerpt: response.excerpt,
+            },
+        },
+    }
+}
+
+/// A token bucket: `rate` per second, bursts of one second's worth.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Bucket { rate, tokens: rate, last: Instant::now() }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+    }
+
+    fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there.
+    fn next_token(&self) -> Instant {
+        self.last + Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// One subscription's local work.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Job>,
+    in_flight: usize,
+    bucket: Option<Bucket>,
+    /// Whether it is in the round-robin order.
+    scheduled: bool,
+}
+
+/// Records going to the recorder task.
+enum Record {
+    Attempt(Box<Recorded>, Health),
+    Release(DeliveryId),
+}
+
+/// The worker. Build with [`Dispatcher::new`], then [`Dispatcher::run`].
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    client: Client,
+    settings: Settings,
+    worker: String,
+    wake: Arc<Notify>,
+    changed: Arc<Notify>,
+    accepting: Arc<AtomicBool>,
+    handoff_rx: mpsc::Receiver<Vec<Job>>,
+    subscriptions: HashMap<SubscriptionId, Arc<Subscription>>,
+    lanes: HashMap<SubscriptionId, Lane>,
+    order: VecDeque<SubscriptionId>,
+    in_flight: usize,
+    queued: usize,
+    attempts: JoinSet<Done>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("worker", &self.worker)
+            .field("in_flight", &self.in_flight)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// The worker, the ingest writer's hand-off into it, and a handle for the API.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &DeliveryConfig,
+    ) -> Result<(Dispatcher, Handoff, DeliveryHandle), String> {
+        let settings = Settings::from_config(config);
+        let policy = AddressPolicy::new(&config.allow_cidrs)?;
+        let client = Client::new(
+            policy,
+            Duration::from_millis(config.connect_timeout_ms),
+            settings.timeout,
+            config.default_max_in_flight as usize,
+        );
+        let worker = format!("w_{}", uuid::Uuid::now_v7().simple());
+        let (tx, handoff_rx) = mpsc::channel(1_024);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let wake = Arc::new(Notify::new());
+        let changed = Arc::new(Notify::new());
+        let handoff = Handoff { tx, accepting: accepting.clone(), worker: worker.clone(), lease: settings.lease };
+        let handle = DeliveryHandle {
+            wake: wake.clone(),
+            changed: changed.clone(),
+            client: client.clone(),
+            policy: settings.policy.clone(),
+            worker: worker.clone(),
+            lease: settings.lease,
+        };
+        let dispatcher = Dispatcher {
+            store,
+            client,
+            settings,
+            worker,
+            wake,
+            changed,
+            accepting,
+            handoff_rx,
+            subscriptions: HashMap::new(),
+            lanes: HashMap::new(),
+            order: VecDeque::new(),
+            in_flight: 0,
+            queued: 0,
+            attempts: JoinSet::new(),
+        };
+        Ok((dispatcher, handoff, handle))
+    }
+
+    /// Runs until `shutdown`: then stops claiming, lets attempts in flight
+    /// finish within `grace`, releases what was not started and records
+    /// everything before returning.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
+        let (record_tx, record_rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record(
+            self.store.clone(),
+            self.worker.clone(),
+            self.settings.disable_after_ms,
+            record_rx,
+            self.changed.clone(),
+        ));
+        let listen_stop = shutdown.child_token();
+        let listener = {
+            let (store, wake, stop) = (self.store.clone(), self.wake.clone(), listen_stop.clone());
+            tokio::spawn(async move { store.listen_for_deliveries(wake, stop).await })
+        };
+        let stats = tokio::spawn(report_stats(self.store.clone(), shutdown.clone()));
+        self.refresh().await;
+        let mut last_refresh = Instant::now();
+        let mut claim_due = true;
+        loop {
+            if claim_due {
+                claim_due = self.claim(&record_tx).await;
+            }
+            self.dispatch(&record_tx);
+            self.accepting.store(self.queued < self.settings.concurrency * 4, Ordering::Relaxed);
+            metrics::gauge!("hookrelay_delivery_in_flight").set(self.in_flight as f64);
+            metrics::gauge!("hookrelay_delivery_local_queue").set(self.queued as f64);
+            let deadline =
+                self.next_token().map_or(self.settings.poll, |t| t.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
+                    if let Ok(done) = done {
+                        self.finished(done, &record_tx);
+                    }
+                }
+                Some(jobs) = self.handoff_rx.recv() => {
+                    self.enqueue(jobs, &record_tx).await;
+                }
+                () = self.wake.notified() => claim_due = true,
+                () = self.changed.notified() => {
+                    self.refresh().await;
+                    last_refresh = Instant::now();
+                }
+                () = tokio::time::sleep(deadline.max(Duration::from_millis(1))) => {
+                    claim_due = true;
+                    if last_refresh.elapsed() >= REFRESH_EVERY {
+                        self.refresh().await;
+                        last_refresh = Instant::now();
+                    }
+                }
+            }
+        }
+
+        // Shutdown: nothing new; what is queued goes back to the database.
+        self.accepting.store(false, Ordering::Relaxed);
+        listen_stop.cancel();
+        self.handoff_rx.close();
+        while let Some(jobs) = self.handoff_rx.recv().await {
+            for job in jobs {
+                let _ = record_tx.send(Record::Release(job.id));
+            }
+        }
+        for lane in self.lanes.values_mut() {
+            for job in lane.queue.drain(..) {
+                let _ = record_tx.send(Record::Release(job.id));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.attempts.is_empty() {
+            match tokio::time::timeout_at(deadline, self.attempts.join_next()).await {
+                Ok(Some(Ok(done))) => self.finished(done, &record_tx),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.attempts.len(),
+                        "attempts still running at the end of the grace period; their leases will expire and they will be retried"
+                    );
+                    self.attempts.abort_all();
+                    break;
+                }
+            }
+        }
+        drop(record_tx);
+        let _ = recorder.await;
+        let _ = listener.await;
+        stats.abort();
+        tracing::debug!("delivery worker stopped");
+    }
+
+    /// Claims due work into the local queues; returns whether to claim again
+    /// at once (the claim came back full).
+    async fn claim(&mut self, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
+        let room = (self.settings.concurrency * 2).saturating_sub(self.queued);
+        if room == 0 {
+            return false;
+        }
+        let n = room.min(self.settings.claim_batch);
+        let first = (n * 3).div_ceil(4).max(1);
+        let retries = n.saturating_sub(first).max(1);
+        let exclude = self
+            .lanes
+            .iter()
+            .filter(|(id, lane)| {
+                let max = self.max_in_flight(id);
+                lane.queue.len() >= max * 2
+                    || lane.bucket.as_ref().is_some_and(|b| lane.queue.len() as f64 >= b.rate * 2.0)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = now_ms();
+        let claim = Claim {
+            lease: Lease { worker: self.worker.clone(), until: now + self.settings.lease_ms() },
+            now,
+            first,
+            retries,
+            exclude,
+        };
+        match self.store.claim_deliveries(&claim).await {
+            Ok(jobs) => {
+                let full = jobs.len() >= first + retries;
+                if !jobs.is_empty() {
+                    metrics::counter!("hookrelay_delivery_claimed_total").increment(jobs.len() as u64);
+                    self.enqueue(jobs, record_tx).await;
+                }
+                full
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim deliveries");
+                false
+            }
+        }
+    }
+
+    fn max_in_flight(&self, id: &SubscriptionId) -> usize {
+        self.subscriptions.get(id).and_then(|s| s.max_in_flight).unwrap_or(self.settings.default_max_in_flight) as usize
+    }
+
+    async fn enqueue(&mut self, jobs: Vec<Job>, record_tx: &mpsc::UnboundedSender<Record>) {
+        if jobs.iter().any(|j| !self.subscriptions.contains_key(&j.subscription_id)) {
+            // Created moments ago (perhaps by another process).
+            self.refresh().await;
+        }
+        for job in jobs {
+            let usable = self.subscriptions.get(&job.subscription_id).is_some_and(|s| s.enabled);
+            if !usable {
+                let _ = record_tx.send(Record::Release(job.id));
+                continue;
+            }
+            let rate = self.subscriptions.get(&job.subscription_id).and_then(|s| s.rate_limit_per_second);
+            let lane = self.lanes.entry(job.subscription_id.clone()).or_default();
+            match (rate, &lane.bucket) {
+                (Some(r), Some(b)) if (b.rate - f64::from(r)).abs() > f64::EPSILON => {
+                    lane.bucket = Some(Bucket::new(r))
+                }
+                (Some(r), None) => lane.bucket = Some(Bucket::new(r)),
+                (None, Some(_)) => lane.bucket = None,
+                _ => {}
+            }
+            if !lane.scheduled {
+                lane.scheduled = true;
+                self.order.push_back(job.subscription_id.clone());
+            }
+            lane.queue.push_back(job);
+            self.queued += 1;
+        }
+    }
+
+    /// Starts attempts, one per subscription per round, while limits allow.
+    fn dispatch(&mut self, record_tx: &mpsc::UnboundedSender<Record>) {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let mut idle_visits = 0;
+        while self.in_flight < self.settings.concurrency && idle_visits < self.order.len() {
+            let Some(id) = self.order.pop_front() else { break };
+            let max = self.max_in_flight(&id);
+            let sub = self.subscriptions.get(&id).cloned();
+            let Some(lane) = self.lanes.get_mut(&id) else { continue };
+            let mut started = false;
+            match sub.filter(|s| s.enabled) {
+                None => {
+                    // Deleted or disabled since it was queued: give the work back.
+                    for job in lane.queue.drain(..) {
+                        self.queued -= 1;
+                        let _ = record_tx.send(Record::Release(job.id));
+                    }
+                }
+                Some(sub) => {
+                    while let Some(job) = lane.queue.front() {
+                        if job.lease_until - now_ms > self.settings.timeout_ms() + LEASE_MARGIN_MS {
+                            break;
+                        }
+                        // Too little lease left to finish an attempt safely.
+                        if let Some(job) = lane.queue.pop_front() {
+                            self.queued -= 1;
+                            let _ = record_tx.send(Record::Release(job.id));
+                        }
+                    }
+                    let allowed = lane.in_flight < max && !lane.queue.is_empty();
+                    if allowed
+                        && lane.bucket.as_mut().is_none_or(|b| b.try_take(now))
+                        && let Some(job) = lane.queue.pop_front()
+                    {
+                        self.queued -= 1;
+                        lane.in_flight += 1;
+                        self.in_flight += 1;
+                        started = true;
+                        let (client, policy) = (self.client.clone(), self.settings.policy.clone());
+                        self.attempts.spawn(async move { attempt(&client, &policy, &sub, &job).await });
+                    }
+                }
+            }
+            if lane.queue.is_empty() {
+                lane.scheduled = false;
+            } else {
+                self.order.push_back(id);
+            }
+            idle_visits = if started { 0 } else { idle_visits + 1 };
+        }
+    }
+
+    fn finished(&mut self, done: Done, record_tx: &mpsc::UnboundedSender<Record>) {
+        self.in_flight -= 1;
+        if let Some(lane) = self.lanes.get_mut(&done.recorded.subscription_id) {
+            lane.in_flight = lane.in_flight.saturating_sub(1);
+        }
+        if done.health == Health::Gone {
+            tracing::warn!(subscription.id = %done.recorded.subscription_id, "the endpoint answered 410 Gone; disabling the subscription");
+        }
+        let _ = record_tx.send(Record::Attempt(Box::new(done.recorded), done.health));
+    }
+
+    /// The earliest moment a rate-limited lane with work gets a token.
+    fn next_token(&self) -> Option<Instant> {
+        self.lanes
+            .values()
+            .filter(|l| !l.queue.is_empty())
+            .filter_map(|l| l.bucket.as_ref().filter(|b| b.tokens < 1.0).map(Bucket::next_token))
+            .min()
+    }
+
+    /// Reloads every subscription.
+    async fn refresh(&mut self) {
+        let mut all = HashMap::new();
+        let mut after: Option<SubscriptionId> = None;
+        loop {
+            match self.store.list_subscriptions(after.as_ref(), 500).await {
+                Ok(mut page) => {
+                    let more = page.len() > 500;
+                    page.truncate(500);
+                    after = page.last().map(|s| s.id.clone());
+                    for s in page {
+                        all.insert(s.id.clone(), Arc::new(s));
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load subscriptions; keeping the previous ones");
+                    return;
+                }
+            }
+        }
+        self.subscriptions = all;
+    }
+
+    /// Claims everything due now, attempts it, waits for every attempt and
+    /// records the outcomes; returns how many attempts were made. Tests
+    /// drive the worker with this instead of waiting for it.
+    pub async fn run_once(&mut self) -> usize {
+        let (record_tx, mut record_rx) = mpsc::unbounded_channel();
+        self.refresh().await;
+        while let Ok(jobs) = self.handoff_rx.try_recv() {
+            self.enqueue(jobs, &record_tx).await;
+        }
+        self.claim(&record_tx).await;
+        let mut made = 0;
+        loop {
+            self.dispatch(&record_tx);
+            match self.attempts.join_next().await {
+                Some(Ok(done)) => {
+                    made += 1;
+                    self.finished(done, &record_tx);
+                }
+                Some(Err(_)) => {}
+                None if self.queued == 0 => break,
+                // Queued but nothing could start (rate limit): wait a little.
+                None => {
+                    tokio::time::sleep(
+                        self.next_token()
+                            .map_or(Duration::from_millis(10), |t| t.saturating_duration_since(Instant::now())),
+                    )
+                    .await
+                }
+            }
+        }
+        drop(record_tx);
+        let mut batch = Vec::new();
+        while let Ok(r) = record_rx.try_recv() {
+            batch.push(r);
+        }
+        flush(&self.store, &self.worker, self.settings.disable_after_ms, batch, &self.changed).await;
+        made
+    }
+}
+
+/// Writes outcomes in batches until the channel closes.
+async fn record(
+    store: Arc<dyn Store>,
+    worker: String,
+    disable_after: i64,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+    changed: Arc<Notify>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        flush(&store, &worker, disable_after, batch, &changed).await;
+    }
+}
+
+async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, batch: Vec<Record>, changed: &Notify) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut records = Vec::new();
+    let mut released = Vec::new();
+    let mut health = Vec::new();
+    for r in batch {
+        match r {
+            Record::Attempt(recorded, h) => {
+                health.push((recorded.subscription_id.clone(), h));
+                records.push(*recorded);
+            }
+            Record::Release(id) => released.push(id),
+        }
+    }
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=10 {
+        match store.record_attempts(worker, now_ms(), &records, &released, &health, disable_after).await {
+            Ok(disabled) => {
+                for d in &disabled {
+                    tracing::warn!(subscription.id = %d.subscription_id, reason = %d.reason, "subscription disabled");
+                    metrics::counter!("hookrelay_subscriptions_disabled_total").increment(1);
+                }
+                if !disabled.is_empty() {
+                    changed.notify_one();
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "cannot record delivery outcomes; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // The leases expire and the deliveries are attempted again: at least
+    // once, never lost.
+    tracing::error!(outcomes = records.len(), "gave up recording delivery outcomes; they will be retried");
+}
+
+/// Publishes the outbox size and the age of its oldest due delivery.
+async fn report_stats(store: Arc<dyn Store>, stop: CancellationToken) {
+    loop {
+        if let Ok(stats) = store.delivery_stats().await {
+            metrics::gauge!("hookrelay_delivery_pending").set(stats.pending as f64);
+            let age = stats.oldest_due.map_or(0.0, |due| ((now_ms() - due).max(0) as f64) / 1000.0);
+            metrics::gauge!("hookrelay_delivery_oldest_pending_seconds").set(age);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_at_their_rate() {
+        let mut b = Bucket::new(2);
+        let t0 = b.last;
+        assert!(b.try_take(t0));
+        assert!(b.try_take(t0));
+        assert!(!b.try_take(t0), "the burst is one second's worth");
+        assert!(b.next_token() <= t0 + Duration::from_millis(500));
+        assert!(b.try_take(t0 + Duration::from_millis(500)));
+        assert!(!b.try_take(t0 + Duration::from_millis(600)));
+    }
+}

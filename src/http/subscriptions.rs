@@ -1,0 +1,825 @@
+//! Subscriptions: who hears about status changes, and the operator tools
+//! around them (secrets and rotation, test pings, replays, enable/disable).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, OptionalJson, QueryPairs};
+use crate::clock::{now_ms, parse_time, rfc3339};
+use crate::delivery::signing::{Scheme, WebhookSecret};
+use crate::delivery::subscription::{PreviousSecret, Subscription, validate_headers, validate_url};
+use crate::delivery::{DeliveryState, Job};
+use crate::domain::{DeliveryId, MessageId, Status, SubscriptionId};
+use crate::ingest::plan::{DeliveryKind, DeliveryRow, payload};
+use crate::store::{DeliveryQuery, MessageQuery};
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(get_subscription, update_subscription, delete_subscription))
+        .routes(routes!(get_secret))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(enable_subscription))
+        .routes(routes!(disable_subscription))
+        .routes(routes!(test_subscription))
+        .routes(routes!(replay))
+        .routes(routes!(list_deliveries))
+}
+
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 200;
+/// Most messages one replay re-sends.
+pub const MAX_REPLAY: usize = 100_000;
+/// Longest rotation overlap: a week.
+const MAX_OVERLAP_SECONDS: u64 = 7 * 86_400;
+/// Previous secrets kept at most.
+const MAX_PREVIOUS: usize = 10;
+
+/// A subscription id from the path; one that cannot exist is not found.
+#[derive(Debug)]
+pub struct SubscriptionPath(pub SubscriptionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SubscriptionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        SubscriptionId::parse(&raw).map(SubscriptionPath).map_err(|_| not_found())
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no subscription with this id".into())
+}
+
+async fn load(state: &AppState, id: &SubscriptionId) -> Result<Subscription, ApiError> {
+    state.store.get_subscription(id).await?.ok_or_else(not_found)
+}
+
+/// A subscription as the API shows it (the secret only when created).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    id: String,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    /// Statuses notified; null means all.
+    statuses: Option<Vec<Status>>,
+    /// Also notified of history events that change no status.
+    all_events: bool,
+    signature_scheme: Scheme,
+    #[schema(value_type = Object)]
+    headers: Map<String, Value>,
+    enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
+    /// Attempts in flight at once (per hookrelay process); null = the default.
+    max_in_flight: Option<u32>,
+    rate_limit_per_second: Option<u32>,
+    /// Since when every attempt has failed (epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failing_since: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    /// Only in the answer to creation; later from `GET /subscriptions/{id}/secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl SubscriptionView {
+    fn of(s: &Subscription) -> Self {
+        SubscriptionView {
+            id: s.id.to_string(),
+            url: s.url.clone(),
+            description: s.description.clone(),
+            statuses: s.statuses.clone(),
+            all_events: s.all_events,
+            signature_scheme: s.scheme,
+            headers: s.headers.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect(),
+            enabled: s.enabled,
+            disabled_reason: s.disabled_reason.clone(),
+            max_in_flight: s.max_in_flight,
+            rate_limit_per_second: s.rate_limit_per_second,
+            failing_since: s.failing_since,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            secret: None,
+        }
+    }
+}
+
+/// `Some(value)` for a present field, even `null`, so PATCH can tell
+/// "set to null" from "leave alone".
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /subscriptions` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscription {
+    /// Where to POST. http or https; must resolve to a public address unless
+    /// allow-listed in `delivery.allow_cidrs`.
+    url: String,
+    description: Option<String>,
+    /// Statuses to notify; absent or null = all.
+    statuses: Option<Vec<String>>,
+    #[serde(default)]
+    all_events: bool,
+    /// `standard-webhooks` (default) or `courier`.
+    signature_scheme: Option<Scheme>,
+    /// `whsec_` + base64 of 24 to 64 bytes; generated when absent.
+    secret: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    headers: Map<String, Value>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    max_in_flight: Option<u32>,
+    rate_limit_per_second: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /subscriptions/{id}` body: only the fields given change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSubscription {
+    url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    statuses: Option<Option<Vec<String>>>,
+    all_events: Option<bool>,
+    signature_scheme: Option<Scheme>,
+    #[schema(value_type = Option<Object>)]
+    headers: Option<Map<String, Value>>,
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    max_in_flight: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    rate_limit_per_second: Option<Option<u32>>,
+}
+
+fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    validate_url(url, &state.address_policy)
+        .map(|u| u.to_string())
+        .map_err(|e| ApiError::bad_request(format!("`url` {e}")))
+}
+
+fn check_statuses(statuses: Option<Vec<String>>) -> Result<Option<Vec<Status>>, ApiError> {
+    let Some(list) = statuses else { return Ok(None) };
+    if list.is_empty() {
+        return Err(ApiError::bad_request("`statuses` must not be empty; leave it out (or null) for all"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for s in list {
+        let status =
+            Status::parse(&s).ok_or_else(|| ApiError::bad_request(format!("`statuses`: unknown status `{s}`")))?;
+        if !out.contains(&status) {
+            out.push(status);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn check_headers(headers: Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = headers
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(v) => Ok((k, v)),
+            _ => Err(ApiError::bad_request(format!("`headers.{k}` must be a string"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    validate_headers(&pairs).map_err(|e| ApiError::bad_request(format!("`headers`: {e}")))
+}
+
+fn check_description(d: Option<String>) -> Result<Option<String>, ApiError> {
+    match d {
+        Some(d) if d.chars().count() > 512 => {
+            Err(ApiError::bad_request("`description` must be at most 512 characters"))
+        }
+        Some(d) if d.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+fn check_limits(max_in_flight: Option<u32>, rate: Option<u32>) -> Result<(), ApiError> {
+    if max_in_flight.is_some_and(|m| !(1..=10_000).contains(&m)) {
+        return Err(ApiError::bad_request("`max_in_flight` must be from 1 to 10000"));
+    }
+    if rate.is_some_and(|r| !(1..=100_000).contains(&r)) {
+        return Err(ApiError::bad_request("`rate_limit_per_second` must be from 1 to 100000"));
+    }
+    Ok(())
+}
+
+fn new_secret() -> Result<WebhookSecret, ApiError> {
+    WebhookSecret::generate().map_err(|e| ApiError::Internal(format!("no entropy: {e}").into()))
+}
+
+/// Create a subscription. The answer carries its signing secret.
+#[utoipa::path(
+    post, path = "/subscriptions", tag = "subscriptions",
+    request_body = CreateSubscription,
+    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn create_subscription(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateSubscription>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let url = check_url(&state, &body.url)?;
+    check_limits(body.max_in_flight, body.rate_limit_per_second)?;
+    let secret = match body.secret {
+        Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?,
+        None => new_secret()?,
+    };
+    let now = now_ms();
+    let subscription = Subscription {
+        id: SubscriptionId::generate(),
+        url,
+        description: check_description(body.description)?,
+        statuses: check_statuses(body.statuses)?,
+        all_events: body.all_events,
+        scheme: body.signature_scheme.unwrap_or(Scheme::StandardWebhooks),
+        secret,
+        previous_secrets: Vec::new(),
+        headers: check_headers(body.headers)?,
+        enabled: body.enabled,
+        disabled_reason: (!body.enabled).then(|| "created disabled".to_owned()),
+        max_in_flight: body.max_in_flight,
+        rate_limit_per_second: body.rate_limit_per_second,
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.create_subscription(&subscription).await?;
+    state.delivery.subscriptions_changed();
+    tracing::info!(subscription.id = %subscription.id, "subscription created");
+    let mut view = SubscriptionView::of(&subscription);
+    view.secret = Some(subscription.secret.expose().to_owned());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// A page of subscriptions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    paging: super::messages::Paging,
+    results: Vec<SubscriptionView>,
+}
+
+/// List subscriptions, oldest first.
+#[utoipa::path(
+    get, path = "/subscriptions", tag = "subscriptions",
+    params(("cursor" = Option<String>, Query, description = "`paging.cursor` of the previous page"),
+           ("limit" = Option<usize>, Query, description = "1 to 200, default 20")),
+    responses((status = 200, body = SubscriptionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn list_subscriptions(
+    State(state): State<Arc<AppState>>,
+    q: QueryPairs,
+) -> Result<Json<SubscriptionList>, ApiError> {
+    q.only(&["cursor", "limit"])?;
+    let limit = limit(&q)?;
+    let after = q
+        .one("cursor")?
+        .map(|c| SubscriptionId::parse(c).map_err(|_| ApiError::bad_request("`cursor` is malformed")))
+        .transpose()?;
+    let mut rows = state.store.list_subscriptions(after.as_ref(), limit).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let cursor = if more { rows.last().map(|s| s.id.to_string()) } else { None };
+    Ok(Json(SubscriptionList {
+        paging: super::messages::Paging::new(cursor, more),
+        results: rows.iter().map(SubscriptionView::of).collect(),
+    }))
+}
+
+fn limit(q: &QueryPairs) -> Result<usize, ApiError> {
+    match q.one("limit")? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))),
+    }
+}
+
+/// One subscription.
+#[utoipa::path(
+    get, path = "/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn get_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(SubscriptionView::of(&load(&state, &id).await?)))
+}
+
+async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<SubscriptionView>, ApiError> {
+    subscription.updated_at = now_ms();
+    if !state.store.update_subscription(&subscription).await? {
+        return Err(not_found());
+    }
+    state.delivery.subscriptions_changed();
+    Ok(Json(SubscriptionView::of(&subscription)))
+}
+
+/// Change a subscription; only the fields given change. Use
+/// `rotate-secret` for the secret.
+#[utoipa::path(
+    patch, path = "/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path)),
+    request_body = UpdateSubscription,
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn update_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+    ApiJson(body): ApiJson<UpdateSubscription>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let mut s = load(&state, &id).await?;
+    if let Some(url) = body.url {
+        s.url = check_url(&state, &url)?;
+    }
+    if let Some(d) = body.description {
+        s.description = check_description(d)?;
+    }
+    if let Some(statuses) = body.statuses {
+        s.statuses = check_statuses(statuses)?;
+    }
+    if let Some(all) = body.all_events {
+        s.all_events = all;
+    }
+    if let Some(scheme) = body.signature_scheme {
+        s.scheme = scheme;
+    }
+    if let Some(headers) = body.headers {
+        s.headers = check_headers(headers)?;
+    }
+    if let Some(m) = body.max_in_flight {
+        s.max_in_flight = m;
+    }
+    if let Some(r) = body.rate_limit_per_second {
+        s.rate_limit_per_second = r;
+    }
+    check_limits(s.max_in_flight, s.rate_limit_per_second)?;
+    if let Some(enabled) = body.enabled {
+        set_enabled(&mut s, enabled);
+    }
+    save(&state, s).await
+}
+
+fn set_enabled(s: &mut Subscription, enabled: bool) {
+    if enabled && !s.enabled {
+        s.enabled = true;
+        s.disabled_reason = None;
+        s.failing_since = None;
+    } else if !enabled && s.enabled {
+        s.enabled = false;
+        s.disabled_reason = Some("disabled by an operator".into());
+    }
+}
+
+/// Delete a subscription and its deliveries.
+#[utoipa::path(
+    delete, path = "/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn delete_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_subscription(&id).await? {
+        return Err(not_found());
+    }
+    state.delivery.subscriptions_changed();
+    tracing::info!(subscription.id = %id, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resume deliveries (clears the failure record).
+#[utoipa::path(
+    post, path = "/subscriptions/{id}/enable", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn enable_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let mut s = load(&state, &id).await?;
+    set_enabled(&mut s, true);
+    let view = save(&state, s).await?;
+    state.delivery.wake();
+    Ok(view)
+}
+
+/// Pause deliveries; pending ones wait until the subscription is enabled.
+#[utoipa::path(
+    post, path = "/subscriptions/{id}/disable", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn disable_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let mut s = load(&state, &id).await?;
+    set_enabled(&mut s, false);
+    save(&state, s).await
+}
+
+/// A subscription's secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretView {
+    secret: String,
+    /// Secrets still signing during a rotation, until `expires_at` (epoch ms).
+    previous: Vec<PreviousView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviousView {
+    expires_at: i64,
+}
+
+fn secret_view(s: &Subscription, now: i64) -> SecretView {
+    SecretView {
+        secret: s.secret.expose().to_owned(),
+        previous: s
+            .previous_secrets
+            .iter()
+            .filter(|p| p.expires_at > now)
+            .map(|p| PreviousView { expires_at: p.expires_at })
+            .collect(),
+    }
+}
+
+/// The current signing secret.
+#[utoipa::path(
+    get, path = "/subscriptions/{id}/secret", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SecretView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn get_secret(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<Json<SecretView>, ApiError> {
+    Ok(Json(secret_view(&load(&state, &id).await?, now_ms())))
+}
+
+/// `POST /subscriptions/{id}/rotate-secret` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// The new secret; generated when absent.
+    secret: Option<String>,
+    /// How long the old secret keeps signing too (default 24 h, at most 7 days).
+    overlap_seconds: Option<u64>,
+}
+
+/// Replace the signing secret. During the overlap every request carries a
+/// signature by each secret (Standard Webhooks), so consumers can switch
+/// at their pace.
+#[utoipa::path(
+    post, path = "/subscriptions/{id}/rotate-secret", tag = "subscriptions",
+    params(("id" = String, Path)),
+    request_body = RotateSecret,
+    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+    OptionalJson(body): OptionalJson<RotateSecret>,
+) -> Result<Json<SecretView>, ApiError> {
+    let body = body.unwrap_or_default();
+    let overlap = body.overlap_seconds.unwrap_or(86_400);
+    if overlap > MAX_OVERLAP_SECONDS {
+        return Err(ApiError::bad_request(format!("`overlap_seconds` must be at most {MAX_OVERLAP_SECONDS}")));
+    }
+    let secret = match body.secret {
+        Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?,
+        None => new_secret()?,
+    };
+    let mut s = load(&state, &id).await?;
+    let now = now_ms();
+    let old = std::mem::replace(&mut s.secret, secret);
+    s.previous_secrets.retain(|p| p.expires_at > now);
+    if overlap > 0 {
+        s.previous_secrets.insert(0, PreviousSecret { secret: old, expires_at: now + (overlap as i64) * 1000 });
+    }
+    s.previous_secrets.truncate(MAX_PREVIOUS);
+    s.updated_at = now;
+    if !state.store.update_subscription(&s).await? {
+        return Err(not_found());
+    }
+    state.delivery.subscriptions_changed();
+    tracing::info!(subscription.id = %id, overlap_seconds = overlap, "subscription secret rotated");
+    Ok(Json(secret_view(&s, now)))
+}
+
+/// The result of a test ping.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResult {
+    delivery_id: String,
+    succeeded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u16>,
+    latency_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<String>,
+}
+
+/// The message id test pings are recorded under.
+pub const PING_MESSAGE: &str = "hookrelay-ping";
+
+/// Send a signed ping now and report how the endpoint answered. The ping
+/// (`{"type":"ping",...}`) is recorded as a delivery of kind `test`; it is
+/// not retried and does not count towards the subscription's health.
+#[utoipa::path(
+    post, path = "/subscriptions/{id}/test", tag = "subscriptions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TestResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn test_subscription(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+) -> Result<Json<TestResult>, ApiError> {
+    let s = load(&state, &id).await?;
+    let now = now_ms();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": "ping",
+        "timestamp": rfc3339(now),
+        "data": {"subscription_id": s.id.as_str()},
+    }))
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let message_id = MessageId::parse(PING_MESSAGE).map_err(|e| ApiError::Internal(e.into()))?;
+    let row = DeliveryRow {
+        id: DeliveryId::generate(),
+        subscription_id: s.id.clone(),
+        message_id: message_id.clone(),
+        seq: 0,
+        kind: DeliveryKind::Test,
+        payload: body.clone(),
+        created_at: now,
+    };
+    let lease = state.delivery.lease();
+    state.store.insert_deliveries(std::slice::from_ref(&row), Some(&lease)).await?;
+    let job = Job {
+        id: row.id.clone(),
+        subscription_id: s.id.clone(),
+        message_id,
+        payload: body.into(),
+        attempts: 0,
+        lease_until: lease.until,
+    };
+    let recorded = state.delivery.attempt_once(&s, job).await;
+    state
+        .store
+        .record_attempts(state.delivery.worker(), now_ms(), std::slice::from_ref(&recorded), &[], &[], i64::MAX)
+        .await?;
+    Ok(Json(TestResult {
+        delivery_id: row.id.to_string(),
+        succeeded: recorded.state == DeliveryState::Succeeded,
+        status_code: recorded.attempt.status_code,
+        latency_ms: recorded.attempt.latency_ms,
+        error: recorded.attempt.error,
+        response: recorded.attempt.response_excerpt,
+    }))
+}
+
+/// `POST /subscriptions/{id}/replay` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Messages enqueued at or after this time (epoch ms or RFC 3339).
+    #[schema(value_type = String)]
+    from: Value,
+    /// ...and before this one (default: now).
+    #[schema(value_type = Option<String>)]
+    to: Option<Value>,
+    /// Only messages now in one of these statuses.
+    statuses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayResult {
+    /// Deliveries queued.
+    queued: usize,
+}
+
+fn time_value(field: &str, v: &Value) -> Result<i64, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => parse_time(s),
+        _ => None,
+    };
+    parsed.ok_or_else(|| ApiError::bad_request(format!("`{field}` must be epoch milliseconds or RFC 3339 text")))
+}
+
+/// Re-send the current state of every message enqueued in a time range
+/// (optionally only in some statuses) to this subscription, as new
+/// deliveries with the usual retries. For subscribers that missed updates
+/// while down or disabled.
+#[utoipa::path(
+    post, path = "/subscriptions/{id}/replay", tag = "subscriptions",
+    params(("id" = String, Path)),
+    request_body = ReplayRequest,
+    responses((status = 202, body = ReplayResult), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn replay(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+    ApiJson(body): ApiJson<ReplayRequest>,
+) -> Result<(StatusCode, Json<ReplayResult>), ApiError> {
+    let s = load(&state, &id).await?;
+    let now = now_ms();
+    let from = time_value("from", &body.from)?;
+    let to = body.to.as_ref().map(|t| time_value("to", t)).transpose()?.unwrap_or(now + 1);
+    if to <= from {
+        return Err(ApiError::bad_request("`to` must be after `from`"));
+    }
+    let statuses = check_statuses(body.statuses)?.unwrap_or_default();
+    let timestamp = rfc3339(now);
+    let mut query = MessageQuery {
+        statuses,
+        enqueued_after: Some(from),
+        enqueued_before: Some(to),
+        limit: 500,
+        ..MessageQuery::default()
+    };
+    let mut queued = 0;
+    loop {
+        let mut page = state.store.list_messages(&query).await?;
+        let more = page.len() > query.limit;
+        page.truncate(query.limit);
+        if queued + page.len() > MAX_REPLAY {
+            return Err(ApiError::bad_request(format!(
+                "more than {MAX_REPLAY} messages in this range; replay a shorter range at a time"
+            )));
+        }
+        let rows: Vec<DeliveryRow> = page
+            .iter()
+            .map(|m| DeliveryRow {
+                id: DeliveryId::generate(),
+                subscription_id: s.id.clone(),
+                message_id: m.id.clone(),
+                seq: m.state.seq,
+                kind: DeliveryKind::Replay,
+                payload: payload(m, &timestamp, None),
+                created_at: now,
+            })
+            .collect();
+        state.store.insert_deliveries(&rows, None).await?;
+        queued += rows.len();
+        match (more, page.last()) {
+            (true, Some(last)) => query.after = Some((last.state.milestones.enqueued, last.id.clone())),
+            _ => break,
+        }
+    }
+    state.delivery.wake();
+    tracing::info!(subscription.id = %id, queued, "replay queued");
+    Ok((StatusCode::ACCEPTED, Json(ReplayResult { queued })))
+}
+
+/// A delivery as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    id: String,
+    subscription_id: String,
+    message_id: String,
+    seq: i64,
+    /// `status`, `event`, `replay` or `test`.
+    kind: String,
+    state: DeliveryState,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<i64>,
+}
+
+impl DeliveryView {
+    pub fn of(d: &crate::store::DeliverySummary) -> Self {
+        DeliveryView {
+            id: d.id.to_string(),
+            subscription_id: d.subscription_id.to_string(),
+            message_id: d.message_id.to_string(),
+            seq: d.seq,
+            kind: d.kind.clone(),
+            state: d.state,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at.filter(|_| d.state == DeliveryState::Pending),
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            finished_at: d.finished_at,
+        }
+    }
+}
+
+/// A page of deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    paging: super::messages::Paging,
+    results: Vec<DeliveryView>,
+}
+
+fn encode_delivery_cursor(created_at: i64, id: &DeliveryId) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d1:{created_at}:{id}"))
+}
+
+fn decode_delivery_cursor(c: &str) -> Option<(i64, DeliveryId)> {
+    use base64::Engine;
+    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+    let mut parts = text.splitn(3, ':');
+    (parts.next()? == "d1").then_some(())?;
+    Some((parts.next()?.parse().ok()?, DeliveryId::parse(parts.next()?).ok()?))
+}
+
+/// A subscription's deliveries, newest first.
+#[utoipa::path(
+    get, path = "/subscriptions/{id}/deliveries", tag = "deliveries",
+    params(("id" = String, Path),
+           ("state" = Option<String>, Query, description = "pending, succeeded, failed or dead"),
+           ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query, description = "1 to 200, default 20")),
+    responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+async fn list_deliveries(
+    State(state): State<Arc<AppState>>,
+    SubscriptionPath(id): SubscriptionPath,
+    q: QueryPairs,
+) -> Result<Json<DeliveryList>, ApiError> {
+    q.only(&["state", "cursor", "limit"])?;
+    let limit = limit(&q)?;
+    let state_filter = q
+        .one("state")?
+        .map(|s| {
+            DeliveryState::parse(s)
+                .ok_or_else(|| ApiError::bad_request("`state` must be pending, succeeded, failed or dead"))
+        })
+        .transpose()?;
+    let after = q
+        .one("cursor")?
+        .map(|c| decode_delivery_cursor(c).ok_or_else(|| ApiError::bad_request("`cursor` is malformed")))
+        .transpose()?;
+    load(&state, &id).await?;
+    let query = DeliveryQuery { subscription_id: id, state: state_filter, after, limit };
+    let mut rows = state.store.list_deliveries(&query).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let cursor = if more { rows.last().map(|d| encode_delivery_cursor(d.created_at, &d.id)) } else { None };
+    Ok(Json(DeliveryList {
+        paging: super::messages::Paging::new(cursor, more),
+        results: rows.iter().map(DeliveryView::of).collect(),
+    }))
+}
