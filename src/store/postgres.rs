@@ -125,6 +125,26 @@ impl RowLike for Row {
     }
 }
 
+/// A driver error with the server's message and position, which the
+/// driver's own `Display` leaves out ("db error").
+#[derive(Debug)]
+struct PgError(tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{}: {} ({})", db.severity(), db.message(), db.code().code()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// Sorts a driver error into the three kinds callers act on.
 pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
@@ -132,18 +152,22 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
             || *code == SqlState::T_R_DEADLOCK_DETECTED
             || *code == SqlState::T_R_SERIALIZATION_FAILURE
         {
-            return StoreError::Conflict(e.into());
+            return StoreError::Conflict(Box::new(PgError(e)));
         }
         let class = &code.code()[..2];
         // 08: connection exception, 53: insufficient resources, 57: operator
         // intervention (shutdown, statement timeout), 55P03: lock timeout.
         if matches!(class, "08" | "53" | "57") || *code == SqlState::LOCK_NOT_AVAILABLE {
-            return StoreError::Unavailable(e.into());
+            return StoreError::Unavailable(Box::new(PgError(e)));
         }
-        return StoreError::Other(e.into());
+        return StoreError::Other(Box::new(PgError(e)));
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io { StoreError::Unavailable(e.into()) } else { StoreError::Other(e.into()) }
+    if e.is_closed() || io {
+        StoreError::Unavailable(Box::new(PgError(e)))
+    } else {
+        StoreError::Other(Box::new(PgError(e)))
+    }
 }
 
 fn pool_error(e: PoolError) -> StoreError {
@@ -516,7 +540,7 @@ impl Store for PgStore {
                 .prepare_cached(
                     "UPDATE deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next_at, \
                        locked_until = NULL, locked_by = NULL, last_status = u.status, last_error = u.error, \
-                       updated_at = $7, finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7 END \
+                       updated_at = $7::int8, finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7::int8 END \
                      FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
                        AS u(id, state, attempts, next_at, status, error) \
                      WHERE d.id = u.id AND d.locked_by = $8",
@@ -576,8 +600,8 @@ impl Store for PgStore {
                     let reason = failing_reason(disable_after);
                     let n = tx
                         .execute(
-                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $3, updated_at = $2 \
-                             WHERE id = $1 AND enabled AND failing_since <= $2 - $4",
+                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $3, updated_at = $2::int8 \
+                             WHERE id = $1 AND enabled AND failing_since <= $2::int8 - $4::int8",
                             &[&id, &now, &reason, &disable_after],
                         )
                         .await

@@ -162,6 +162,7 @@ fn uuid_like() -> String {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    pub store: std::sync::Arc<dyn hookrelay::store::Store>,
     pub generated_key: Option<String>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -197,10 +198,11 @@ pub async fn start(config: Config, db: TestDb) -> TestApp {
     hookrelay::telemetry::init_logging(&config.log);
     let app = Application::build(config).await.expect("build the application");
     let addr = app.local_addr();
+    let store = app.store();
     let generated_key = app.generated_api_key().map(str::to_owned);
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run(shutdown.clone()));
-    TestApp { addr, client: reqwest::Client::new(), generated_key, shutdown, handle: Some(handle), db }
+    TestApp { addr, client: reqwest::Client::new(), store, generated_key, shutdown, handle: Some(handle), db }
 }
 
 impl TestApp {
@@ -211,6 +213,15 @@ impl TestApp {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.client.get(self.url(path)).bearer_auth(API_KEY).send().await.expect("GET");
         read(response).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self.client.patch(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("PATCH");
+        read(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.client.delete(self.url(path)).bearer_auth(API_KEY).send().await.expect("DELETE").status().as_u16()
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

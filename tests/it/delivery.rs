@@ -1,0 +1,527 @@
+//! Outbound fan-out end to end: subscriptions, signed deliveries to a real
+//! HTTP subscriber, retries, failures, limits, replays, operator tools.
+//!
+//! Tests about the retry schedule run with the application's own worker
+//! switched off and drive a worker step by step (`run_once`), so they never
+//! wait on timers; tests about concurrency and wake-ups use the running
+//! worker and wait for the subscriber to receive requests.
+
+use std::time::{Duration, Instant};
+
+use hookrelay::config::{Config, DeliveryConfig};
+use hookrelay::delivery::Lease;
+use hookrelay::delivery::client::Client;
+use hookrelay::delivery::dispatcher::Dispatcher;
+use hookrelay::delivery::signing::{WebhookSecret, verify_courier, verify_standard};
+use hookrelay::delivery::ssrf::AddressPolicy;
+use hookrelay::domain::{DeliveryId, MessageId, SubscriptionId};
+use hookrelay::ingest::plan::{DeliveryKind, DeliveryRow};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::sink::{Reply, Sink};
+
+backend_tests!(
+    status_changes_arrive_signed_and_in_order,
+    filters_and_all_events,
+    failures_are_retried_until_success,
+    an_exhausted_schedule_ends_dead,
+    gone_disables_the_subscription_and_client_errors_fail_at_once,
+    a_slow_endpoint_never_holds_back_another,
+    rate_limits_space_requests_out,
+    replay_resends_the_current_state,
+    manual_retry_and_test_ping,
+    rotation_and_the_courier_scheme,
+    an_expired_lease_is_taken_over,
+    subscription_settings_are_checked,
+);
+
+/// Delivery settings for tests: loopback allowed, quick retries, no jitter.
+fn fast(c: &mut Config) {
+    c.delivery.allow_cidrs = vec!["127.0.0.1/32".into()];
+    c.delivery.retry_schedule_seconds = vec![0.0, 0.0, 0.0];
+    c.delivery.jitter = 0.0;
+    c.delivery.poll_interval_ms = 200;
+}
+
+/// An application whose own worker is off, and a worker the test drives.
+async fn driven(backend: Backend, schedule: Vec<f64>) -> Option<(TestApp, Dispatcher)> {
+    let delivery = DeliveryConfig {
+        allow_cidrs: vec!["127.0.0.1/32".into()],
+        retry_schedule_seconds: schedule,
+        jitter: 0.0,
+        ..DeliveryConfig::default()
+    };
+    let app = spawn_app_with(backend, |c| {
+        c.delivery = delivery.clone();
+        c.delivery.enabled = false;
+    })
+    .await?;
+    let (worker, _, _) = Dispatcher::new(app.store.clone(), &delivery).expect("worker");
+    Some((app, worker))
+}
+
+async fn subscribe(app: &TestApp, body: Value) -> (String, WebhookSecret) {
+    let (status, sub) = app.post("/subscriptions", body).await;
+    assert_eq!(status, 201, "{sub}");
+    let secret = WebhookSecret::parse(sub["secret"].as_str().expect("secret")).expect("whsec_");
+    (sub["id"].as_str().expect("id").to_owned(), secret)
+}
+
+fn verify(secret: &WebhookSecret, r: &crate::sink::Received) {
+    let now = hookrelay::clock::now_ms();
+    verify_standard(
+        secret,
+        r.header("webhook-id"),
+        r.header("webhook-timestamp"),
+        r.header("webhook-signature"),
+        &r.body,
+        now,
+        300,
+    )
+    .expect("a valid Standard Webhooks signature");
+}
+
+async fn deliveries(app: &TestApp, sub: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/subscriptions/{sub}/deliveries?limit=200")).await;
+    assert_eq!(status, 200, "{body}");
+    body["results"].as_array().expect("results").clone()
+}
+
+async fn status_changes_arrive_signed_and_in_order(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let sink = Sink::start().await;
+    let (sub, secret) = subscribe(&app, json!({"url": sink.url("/hook"), "headers": {"X-Team": "billing"}})).await;
+    app.register(json!({"id": "m1", "recipient": "r@example.com"})).await;
+    app.event("m1", json!({"status": "SENT"})).await;
+    app.event("m1", json!({"status": "DELIVERED"})).await;
+    let got = sink.take(3).await;
+    let mut seqs: Vec<i64> = Vec::new();
+    for r in &got {
+        verify(&secret, r);
+        assert_eq!(r.path, "/hook");
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(r.header("x-team"), "billing", "custom headers are sent");
+        assert!(r.header("user-agent").starts_with("hookrelay/"));
+        let body = r.json();
+        assert_eq!(body["type"], "message:updated");
+        assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(body["data"]["id"], "m1");
+        seqs.push(body["data"]["seq"].as_i64().expect("seq"));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3]);
+    let last = got.iter().map(|r| r.json()).max_by_key(|b| b["data"]["seq"].as_i64()).expect("last");
+    assert_eq!(last["data"]["status"], "DELIVERED");
+    assert!(last["data"]["sent"].is_i64() && last["data"]["delivered"].is_i64(), "milestones accumulate");
+
+    // Every webhook-id is a delivery hookrelay can show.
+    let ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    let (status, d) = app.get(&format!("/deliveries/{}", ids[0])).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["subscription_id"], sub.as_str());
+    assert_eq!(
+        d["attempts"],
+        json!([{"attempt": 1, "started_at": d["attempts"][0]["started_at"], "latency_ms": d["attempts"][0]["latency_ms"], "status_code": 204}])
+    );
+    // Outcomes are recorded in batches, just after the answer.
+    let mut states = Vec::new();
+    for _ in 0..100 {
+        states = deliveries(&app, &sub).await.iter().map(|d| d["state"].as_str().unwrap_or("").to_owned()).collect();
+        if states.iter().all(|s| s == "succeeded") && states.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(states, ["succeeded"; 3]);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("hookrelay_deliveries_total{outcome=\"succeeded\"}"), "deliveries by outcome");
+    assert!(metrics.contains("hookrelay_delivery_attempt_seconds"), "attempt latency");
+}
+
+async fn filters_and_all_events(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        fast(c);
+        c.sources.push(crate::callbacks::mailgun_source());
+    })
+    .await
+    else {
+        return;
+    };
+    let (bounces, everything) = (Sink::start().await, Sink::start().await);
+    subscribe(&app, json!({"url": bounces.url("/"), "statuses": ["UNDELIVERABLE", "delivered"]})).await;
+    subscribe(&app, json!({"url": everything.url("/"), "all_events": true})).await;
+    app.register(json!({"id": "f1", "provider": "mailgun", "provider_message_id": "f1@mg"})).await;
+    app.event("f1", json!({"status": "DELIVERED"})).await;
+    let complaint = json!({"event": "complained", "id": "c1", "timestamp": 1_700_000_000.0,
+                           "message": {"headers": {"message-id": "f1@mg"}}});
+    let (status, _) = app
+        .post_raw(
+            "/callbacks/mailgun",
+            &[("content-type", "application/json")],
+            crate::callbacks::mailgun_body(complaint, "t-c"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let only = bounces.next().await;
+    assert_eq!(only.json()["data"]["status"], "DELIVERED");
+    bounces.assert_quiet(Duration::from_millis(300)).await;
+    let all = everything.take(3).await;
+    let complaint = all.iter().map(|r| r.json()).find(|b| b.get("event").is_some()).expect("the complaint");
+    assert_eq!(complaint["event"]["type"], "COMPLAINED");
+    assert_eq!(complaint["data"]["status"], "DELIVERED", "the message as it stands");
+}
+
+async fn failures_are_retried_until_success(backend: Backend) {
+    let Some((app, mut worker)) = driven(backend, vec![0.0, 0.0, 0.0]).await else { return };
+    let sink = Sink::start().await;
+    let (sub, secret) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    app.register(json!({"id": "r1"})).await;
+    sink.script([Reply::Status(500), Reply::Status(503), Reply::Status(204)]);
+    let mut attempts = 0;
+    for _ in 0..3 {
+        attempts += worker.run_once().await;
+    }
+    assert_eq!(attempts, 3);
+    let got = sink.take(3).await;
+    let ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "webhook-id is stable across retries");
+    for r in &got {
+        verify(&secret, r);
+    }
+    let (_, d) = app.get(&format!("/deliveries/{}", ids[0])).await;
+    assert_eq!(d["state"], "succeeded");
+    let codes: Vec<_> = d["attempts"].as_array().expect("attempts").iter().map(|a| a["status_code"].clone()).collect();
+    assert_eq!(codes, [json!(500), json!(503), json!(204)]);
+    assert_eq!(d["attempts"][0]["error"], "status 500");
+    assert_eq!(d["attempts"][0]["response"], "sink answered 500", "a response excerpt is kept");
+    assert_eq!(worker.run_once().await, 0, "nothing left to do");
+    let (_, s) = app.get(&format!("/subscriptions/{sub}")).await;
+    assert!(s.get("failing_since").is_none(), "a success clears the failure record: {s}");
+}
+
+async fn an_exhausted_schedule_ends_dead(backend: Backend) {
+    let Some((app, mut worker)) = driven(backend, vec![0.0]).await else { return };
+    let sink = Sink::start().await;
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    app.register(json!({"id": "d1"})).await;
+    sink.script([Reply::Status(500), Reply::Status(502)]);
+    assert_eq!(worker.run_once().await, 1);
+    assert_eq!(worker.run_once().await, 1);
+    assert_eq!(worker.run_once().await, 0);
+    let list = deliveries(&app, &sub).await;
+    assert_eq!(list[0]["state"], "dead");
+    assert_eq!(list[0]["attempts"], 2);
+    assert_eq!(list[0]["last_status"], 502);
+    assert_eq!(list[0]["last_error"], "status 502");
+    let (_, s) = app.get(&format!("/subscriptions/{sub}")).await;
+    assert!(s["failing_since"].is_i64(), "the failure is remembered: {s}");
+    let (_, dead) = app.get(&format!("/subscriptions/{sub}/deliveries?state=dead")).await;
+    assert_eq!(dead["results"].as_array().map(Vec::len), Some(1));
+    let (_, ok) = app.get(&format!("/subscriptions/{sub}/deliveries?state=succeeded")).await;
+    assert_eq!(ok["results"], json!([]));
+}
+
+async fn gone_disables_the_subscription_and_client_errors_fail_at_once(backend: Backend) {
+    let Some((app, mut worker)) = driven(backend, vec![0.0, 0.0]).await else { return };
+    let (gone, picky) = (Sink::start().await, Sink::start().await);
+    let (gone_sub, _) = subscribe(&app, json!({"url": gone.url("/")})).await;
+    let (picky_sub, _) = subscribe(&app, json!({"url": picky.url("/")})).await;
+    gone.script([Reply::Status(410)]);
+    picky.script([Reply::Status(422)]);
+    app.register(json!({"id": "g1"})).await;
+    assert_eq!(worker.run_once().await, 2);
+    assert_eq!(worker.run_once().await, 0, "neither is retried");
+    let (_, s) = app.get(&format!("/subscriptions/{gone_sub}")).await;
+    assert_eq!(s["enabled"], false);
+    assert_eq!(s["disabled_reason"], "the endpoint answered 410 Gone");
+    assert_eq!(deliveries(&app, &picky_sub).await[0]["state"], "failed");
+    let (_, p) = app.get(&format!("/subscriptions/{picky_sub}")).await;
+    assert_eq!(p["enabled"], true, "other 4xx answers fail the delivery, not the subscription");
+    // A disabled subscription gets no new deliveries until it is enabled.
+    app.event("g1", json!({"status": "SENT"})).await;
+    assert_eq!(deliveries(&app, &gone_sub).await.len(), 1);
+    let (status, s) = app.post(&format!("/subscriptions/{gone_sub}/enable"), json!({})).await;
+    assert_eq!((status, s["enabled"].clone()), (200, json!(true)));
+    app.event("g1", json!({"status": "DELIVERED"})).await;
+    assert_eq!(deliveries(&app, &gone_sub).await.len(), 2);
+}
+
+async fn a_slow_endpoint_never_holds_back_another(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let (slow, quick) = (Sink::start().await, Sink::start().await);
+    slow.script((0..6).map(|_| Reply::Slow(Duration::from_millis(600), 204)));
+    subscribe(&app, json!({"url": slow.url("/"), "max_in_flight": 2})).await;
+    subscribe(&app, json!({"url": quick.url("/")})).await;
+    let started = Instant::now();
+    for i in 0..6 {
+        app.register(json!({"id": format!("s{i}")})).await;
+    }
+    quick.take(6).await;
+    let quick_done = started.elapsed();
+    let slow_got = slow.take(6).await;
+    let slow_done = started.elapsed();
+    assert!(quick_done < slow_done, "the quick endpoint finished first ({quick_done:?} vs {slow_done:?})");
+    assert_eq!(slow.most_at_once(), 2, "max_in_flight holds");
+    assert!(slow_got.iter().all(|r| r.json()["type"] == "message:updated"));
+}
+
+async fn rate_limits_space_requests_out(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let sink = Sink::start().await;
+    subscribe(&app, json!({"url": sink.url("/"), "rate_limit_per_second": 5})).await;
+    for i in 0..10 {
+        app.register(json!({"id": format!("rl{i}")})).await;
+    }
+    let got = sink.take(10).await;
+    let span = got[9].at.duration_since(got[0].at);
+    // A burst of 5, then one every 200 ms: at least 0.8 s for the last 5.
+    assert!(span >= Duration::from_millis(780), "10 requests at 5/s took only {span:?}");
+}
+
+async fn replay_resends_the_current_state(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    for i in 0..5 {
+        app.register(json!({"id": format!("p{i}")})).await;
+    }
+    app.event("p1", json!({"status": "DELIVERED"})).await;
+    app.event("p2", json!({"status": "DELIVERED"})).await;
+    let sink = Sink::start().await;
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    let (status, body) = app
+        .post(
+            &format!("/subscriptions/{sub}/replay"),
+            json!({"from": "2000-01-01T00:00:00Z", "statuses": ["DELIVERED"]}),
+        )
+        .await;
+    assert_eq!((status, body["queued"].clone()), (202, json!(2)), "{body}");
+    let got = sink.take(2).await;
+    let mut ids: Vec<_> = got.iter().map(|r| r.json()["data"]["id"].as_str().expect("id").to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, ["p1", "p2"]);
+    assert!(got.iter().all(|r| r.json()["data"]["status"] == "DELIVERED"));
+    let (status, body) = app.post(&format!("/subscriptions/{sub}/replay"), json!({"from": 0})).await;
+    assert_eq!((status, body["queued"].clone()), (202, json!(5)));
+    sink.take(5).await;
+    for bad in [
+        json!({}),
+        json!({"from": "yesterday"}),
+        json!({"from": 10, "to": 5}),
+        json!({"from": 0, "statuses": ["NOPE"]}),
+    ] {
+        let (status, _) = app.post(&format!("/subscriptions/{sub}/replay"), bad.clone()).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+}
+
+async fn manual_retry_and_test_ping(backend: Backend) {
+    let Some((app, mut worker)) = driven(backend, vec![0.0]).await else { return };
+    let sink = Sink::start().await;
+    let (sub, secret) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    sink.script([Reply::Status(400)]);
+    app.register(json!({"id": "mr"})).await;
+    worker.run_once().await;
+    let failed = deliveries(&app, &sub).await[0].clone();
+    assert_eq!(failed["state"], "failed");
+    let id = failed["id"].as_str().expect("id");
+    let (status, queued) = app.post(&format!("/deliveries/{id}/retry"), json!({})).await;
+    assert_eq!((status, queued["state"].clone()), (202, json!("pending")), "{queued}");
+    assert_eq!(worker.run_once().await, 1);
+    let (_, d) = app.get(&format!("/deliveries/{id}")).await;
+    assert_eq!(d["state"], "succeeded");
+    assert_eq!(d["attempts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(d["payload"]["data"]["id"], "mr", "the payload is shown as JSON");
+    sink.take(2).await;
+    assert_eq!(app.post("/deliveries/dlv_missing/retry", json!({})).await.0, 404);
+
+    let (status, ping) = app.post(&format!("/subscriptions/{sub}/test"), json!({})).await;
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!((ping["succeeded"].clone(), ping["status_code"].clone()), (json!(true), json!(204)));
+    let r = sink.next().await;
+    verify(&secret, &r);
+    assert_eq!(r.json()["type"], "ping");
+    assert_eq!(r.header("webhook-id"), ping["delivery_id"].as_str().expect("id"));
+    sink.script([Reply::Status(503)]);
+    let (_, ping) = app.post(&format!("/subscriptions/{sub}/test"), json!({})).await;
+    assert_eq!((ping["succeeded"].clone(), ping["status_code"].clone()), (json!(false), json!(503)));
+    assert_eq!(worker.run_once().await, 0, "pings are not retried");
+}
+
+async fn rotation_and_the_courier_scheme(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let sink = Sink::start().await;
+    let (sub, old) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    let (status, rotated) =
+        app.post(&format!("/subscriptions/{sub}/rotate-secret"), json!({"overlap_seconds": 3600})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = WebhookSecret::parse(rotated["secret"].as_str().expect("secret")).expect("whsec_");
+    assert_ne!(new, old);
+    assert_eq!(rotated["previous"].as_array().map(Vec::len), Some(1));
+    let (_, shown) = app.get(&format!("/subscriptions/{sub}/secret")).await;
+    assert_eq!(shown["secret"], rotated["secret"]);
+    app.register(json!({"id": "rot"})).await;
+    let r = sink.next().await;
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 2, "both secrets sign during the overlap");
+    verify(&new, &r);
+    verify(&old, &r);
+    // Without overlap the old secret stops signing at once.
+    app.post(&format!("/subscriptions/{sub}/rotate-secret"), json!({"overlap_seconds": 0})).await;
+    let (_, shown) = app.get(&format!("/subscriptions/{sub}/secret")).await;
+    assert_eq!(shown["previous"].as_array().map(Vec::len), Some(1), "the earlier overlap still runs");
+    assert_eq!(
+        app.post(&format!("/subscriptions/{sub}/rotate-secret"), json!({"overlap_seconds": 999_999_999})).await.0,
+        400
+    );
+
+    let courier = Sink::start().await;
+    let (_, c) = app
+        .post("/subscriptions", json!({"url": courier.url("/"), "signature_scheme": "courier", "secret": old.expose()}))
+        .await;
+    assert_eq!(c["signature_scheme"], "courier");
+    app.register(json!({"id": "cour"})).await;
+    let r = courier.next().await;
+    assert!(r.headers.get("webhook-signature").is_none());
+    verify_courier(&old, r.header("courier-signature"), &r.body, hookrelay::clock::now_ms(), 300)
+        .expect("a valid courier-signature");
+}
+
+async fn an_expired_lease_is_taken_over(backend: Backend) {
+    let Some((app, mut worker)) = driven(backend, vec![0.0]).await else { return };
+    let sink = Sink::start().await;
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    let now = hookrelay::clock::now_ms();
+    let row = |lease_left: i64| DeliveryRow {
+        id: DeliveryId::generate(),
+        subscription_id: SubscriptionId::parse(&sub).expect("id"),
+        message_id: MessageId::parse("orphan").expect("id"),
+        seq: 1,
+        kind: DeliveryKind::Status,
+        payload: br#"{"type":"message:updated","data":{"id":"orphan"}}"#.to_vec(),
+        created_at: now + lease_left,
+    };
+    // One held by a worker that died (its lease ran out), one still held.
+    let expired = row(-1);
+    let held = row(0);
+    app.store
+        .insert_deliveries(std::slice::from_ref(&expired), Some(&Lease { worker: "w_dead".into(), until: now - 1 }))
+        .await
+        .expect("insert");
+    app.store
+        .insert_deliveries(std::slice::from_ref(&held), Some(&Lease { worker: "w_busy".into(), until: now + 60_000 }))
+        .await
+        .expect("insert");
+    assert_eq!(worker.run_once().await, 1, "only the expired lease is taken over");
+    assert_eq!(sink.next().await.header("webhook-id"), expired.id.as_str());
+    let states: Vec<_> = deliveries(&app, &sub)
+        .await
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap_or("").to_owned(), d["state"].clone()))
+        .collect();
+    assert!(states.contains(&(expired.id.to_string(), json!("succeeded"))));
+    assert!(states.contains(&(held.id.to_string(), json!("pending"))));
+}
+
+async fn subscription_settings_are_checked(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.delivery.allow_cidrs = vec!["127.0.0.1/32".into()]).await else {
+        return;
+    };
+    for (body, mention) in [
+        (json!({"url": "http://10.0.0.1/hook"}), "allow_cidrs"),
+        (json!({"url": "http://169.254.169.254/latest"}), "allow_cidrs"),
+        (json!({"url": "http://[::1]/"}), "allow_cidrs"),
+        (json!({"url": "ftp://example.com/"}), "http"),
+        (json!({"url": "not a url"}), "url"),
+        (json!({"url": "https://example.com", "headers": {"Host": "x"}}), "headers"),
+        (json!({"url": "https://example.com", "headers": {"webhook-id": "x"}}), "headers"),
+        (json!({"url": "https://example.com", "headers": {"x-n": 1}}), "headers"),
+        (json!({"url": "https://example.com", "secret": "whsec_short"}), "secret"),
+        (json!({"url": "https://example.com", "statuses": ["NOPE"]}), "statuses"),
+        (json!({"url": "https://example.com", "statuses": []}), "statuses"),
+        (json!({"url": "https://example.com", "signature_scheme": "md5"}), "signature_scheme"),
+        (json!({"url": "https://example.com", "max_in_flight": 0}), "max_in_flight"),
+        (json!({"url": "https://example.com", "colour": "blue"}), "colour"),
+    ] {
+        let (status, err) = app.post("/subscriptions", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["message"].as_str().is_some_and(|m| m.contains(mention)), "{mention}: {err}");
+    }
+    let (_, created) =
+        app.post("/subscriptions", json!({"url": "https://example.com/a", "description": "team A"})).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(created["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
+    let (status, got) = app.get(&format!("/subscriptions/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(got.get("secret").is_none(), "the secret is only shown at creation and by /secret");
+    let (status, patched) = app
+        .patch(
+            &format!("/subscriptions/{id}"),
+            json!({"statuses": ["DELIVERED"], "max_in_flight": 4, "description": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["statuses"], json!(["DELIVERED"]));
+    assert_eq!(patched["max_in_flight"], 4);
+    assert!(patched.get("description").is_none());
+    let (_, patched) = app.patch(&format!("/subscriptions/{id}"), json!({"statuses": null})).await;
+    assert_eq!(patched["statuses"], Value::Null, "null means all statuses");
+    assert_eq!(app.patch(&format!("/subscriptions/{id}"), json!({"url": "http://10.1.1.1/"})).await.0, 400);
+    let (_, disabled) = app.post(&format!("/subscriptions/{id}/disable"), json!({})).await;
+    assert_eq!(
+        (disabled["enabled"].clone(), disabled["disabled_reason"].clone()),
+        (json!(false), json!("disabled by an operator"))
+    );
+    for i in 0..3 {
+        app.post("/subscriptions", json!({"url": format!("https://example.com/{i}")})).await;
+    }
+    let (_, page1) = app.get("/subscriptions?limit=2").await;
+    assert_eq!(page1["paging"]["more"], true);
+    let cursor = page1["paging"]["cursor"].as_str().expect("cursor");
+    let (_, page2) = app.get(&format!("/subscriptions?limit=2&cursor={cursor}")).await;
+    assert_eq!(page2["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page2["paging"]["more"], false);
+    assert_eq!(app.delete(&format!("/subscriptions/{id}")).await, 204);
+    assert_eq!(app.get(&format!("/subscriptions/{id}")).await.0, 404);
+    assert_eq!(app.delete(&format!("/subscriptions/{id}")).await, 404);
+    assert_eq!(app.get("/subscriptions/sub_nope/deliveries").await.0, 404);
+    assert_eq!(
+        app.get(&format!("/subscriptions/{}/deliveries?state=lost", page2["results"][0]["id"].as_str().expect("id")))
+            .await
+            .0,
+        400
+    );
+}
+
+/// The address policy holds on the address actually connected to: a name
+/// resolving to loopback is refused unless loopback is allow-listed, and
+/// so is a literal address.
+#[tokio::test]
+async fn requests_to_private_addresses_are_refused_at_connect_time() {
+    hookrelay::net::install_crypto_provider();
+    let sink = Sink::start().await;
+    let port = sink.addr.port();
+    let strict = Client::new(AddressPolicy::default(), Duration::from_secs(2), Duration::from_secs(5), 4);
+    for url in [
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ] {
+        let r = strict.post(&url, &[], "{}".into(), 0).await;
+        assert_eq!(r.status, None, "{url}");
+        assert!(
+            r.error.as_deref().is_some_and(|e| e.contains("not allowed") || e.contains("not an allowed")),
+            "{url}: {:?}",
+            r.error
+        );
+    }
+    sink.assert_quiet(Duration::from_millis(200)).await;
+    let open = Client::new(
+        AddressPolicy::new(&["127.0.0.1/32".into()]).expect("cidr"),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        4,
+    );
+    let r = open.post(&format!("http://localhost:{port}/ok"), &[], "{}".into(), 0).await;
+    assert_eq!(r.status, Some(204), "{:?}", r.error);
+    assert_eq!(sink.next().await.path, "/ok");
+}

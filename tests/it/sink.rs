@@ -1,0 +1,130 @@
+//! A subscriber endpoint on loopback for tests: records every request,
+//! answers from a script (204 when the script is empty), and tracks how many
+//! requests it is handling at once.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// How the sink answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Wait, then answer.
+    Slow(Duration, u16),
+}
+
+/// One request the sink received.
+#[derive(Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no {name} header"))
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    script: Mutex<VecDeque<Reply>>,
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    tx: mpsc::UnboundedSender<Received>,
+    shared: Arc<Shared>,
+}
+
+async fn handle(State(state): State<AppState>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let now = state.shared.now.fetch_add(1, Ordering::SeqCst) + 1;
+    state.shared.most.fetch_max(now, Ordering::SeqCst);
+    let reply = state.shared.script.lock().expect("lock").pop_front().unwrap_or(Reply::Status(204));
+    let status = match reply {
+        Reply::Status(s) => s,
+        Reply::Slow(wait, s) => {
+            tokio::time::sleep(wait).await;
+            s
+        }
+    };
+    state.shared.now.fetch_sub(1, Ordering::SeqCst);
+    let _ = state.tx.send(Received { path: uri.path().to_owned(), headers, body, at: Instant::now() });
+    (StatusCode::from_u16(status).expect("status"), format!("sink answered {status}")).into_response()
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let app = axum::Router::new().fallback(handle).with_state(AppState { tx, shared: shared.clone() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Sink { addr, rx: tokio::sync::Mutex::new(rx), shared }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answers for the next requests, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.script.lock().expect("lock").extend(replies);
+    }
+
+    /// The next request (it must come within 10 s).
+    pub async fn next(&self) -> Received {
+        let mut rx = self.rx.lock().await;
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the sink is running")
+    }
+
+    /// The next `n` requests.
+    pub async fn take(&self, n: usize) -> Vec<Received> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for `wait`.
+    pub async fn assert_quiet(&self, wait: Duration) {
+        let mut rx = self.rx.lock().await;
+        if let Ok(Some(r)) = tokio::time::timeout(wait, rx.recv()).await {
+            panic!("unexpected delivery: {}", String::from_utf8_lossy(&r.body));
+        }
+    }
+
+    /// The most requests it was handling at once.
+    pub fn most_at_once(&self) -> usize {
+        self.shared.most.load(Ordering::SeqCst)
+    }
+}
