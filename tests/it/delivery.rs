@@ -35,6 +35,8 @@ backend_tests!(
     rotation_and_the_courier_scheme,
     an_expired_lease_is_taken_over,
     subscription_settings_are_checked,
+    shutdown_finishes_attempts_and_releases_the_rest,
+    a_subscription_failing_too_long_is_disabled,
 );
 
 /// Delivery settings for tests: loopback allowed, quick retries, no jitter.
@@ -524,4 +526,77 @@ async fn requests_to_private_addresses_are_refused_at_connect_time() {
     let r = open.post(&format!("http://localhost:{port}/ok"), &[], "{}".into(), 0).await;
     assert_eq!(r.status, Some(204), "{:?}", r.error);
     assert_eq!(sink.next().await.path, "/ok");
+}
+
+async fn shutdown_finishes_attempts_and_releases_the_rest(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        fast(c);
+        c.server.shutdown_grace_ms = 5_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let sink = Sink::start().await;
+    sink.script([Reply::Slow(Duration::from_millis(800), 204)]);
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/"), "max_in_flight": 1})).await;
+    for i in 0..3 {
+        app.register(json!({"id": format!("sd{i}")})).await;
+    }
+    // Stop while the first attempt is in flight: it finishes; the others
+    // are released, not lost.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config = crate::helpers::test_config(&app.db);
+    let db = app.stop().await;
+    let first = sink.next().await;
+    assert_eq!(first.json()["type"], "message:updated");
+    let mut config = config;
+    fast(&mut config);
+    let again = crate::helpers::start(config, db).await;
+    let rest = sink.take(2).await;
+    let mut ids: Vec<String> = std::iter::once(&first)
+        .chain(rest.iter())
+        .map(|r| r.json()["data"]["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["sd0", "sd1", "sd2"], "every delivery arrives exactly once across the restart");
+    sink.assert_quiet(Duration::from_millis(300)).await;
+    let mut states = Vec::new();
+    for _ in 0..100 {
+        states = deliveries(&again, &sub).await.iter().map(|d| d["state"].clone()).collect();
+        if states.iter().all(|s| s == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(states, vec![json!("succeeded"); 3]);
+}
+
+async fn a_subscription_failing_too_long_is_disabled(backend: Backend) {
+    let delivery = DeliveryConfig {
+        allow_cidrs: vec!["127.0.0.1/32".into()],
+        retry_schedule_seconds: vec![0.0, 0.0],
+        jitter: 0.0,
+        disable_after_failing_seconds: 0,
+        ..DeliveryConfig::default()
+    };
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.delivery = delivery.clone();
+        c.delivery.enabled = false;
+    })
+    .await
+    else {
+        return;
+    };
+    let (mut worker, _, _) = Dispatcher::new(app.store.clone(), &delivery).expect("worker");
+    let sink = Sink::start().await;
+    sink.script([Reply::Status(500)]);
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    app.register(json!({"id": "ft"})).await;
+    // With a zero window, the first failure is already "failing too long".
+    assert_eq!(worker.run_once().await, 1);
+    let (_, s) = app.get(&format!("/subscriptions/{sub}")).await;
+    assert_eq!(s["enabled"], false, "{s}");
+    assert!(s["disabled_reason"].as_str().is_some_and(|r| r.contains("every attempt failed")), "{s}");
+    assert_eq!(worker.run_once().await, 0, "a disabled subscription's retries wait");
 }
