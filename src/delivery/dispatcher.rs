@@ -449,6 +449,7 @@ impl Dispatcher {
         };
         match self.store.claim_deliveries(&claim).await {
             Ok(jobs) => {
+                metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "claim").increment(1);
                 let full = jobs.len() >= first + retries;
                 if !jobs.is_empty() {
                     metrics::counter!("hookrelay_delivery_claimed_total").increment(jobs.len() as u64);
@@ -676,6 +677,7 @@ async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, batch: 
     for attempt in 1..=10 {
         match store.record_attempts(worker, now_ms(), &records, &released, &health, disable_after).await {
             Ok(disabled) => {
+                metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "delivery_outcomes").increment(1);
                 for d in &disabled {
                     tracing::warn!(subscription.id = %d.subscription_id, reason = %d.reason, "subscription disabled");
                     metrics::counter!("hookrelay_subscriptions_disabled_total").increment(1);

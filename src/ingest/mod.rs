@@ -256,6 +256,7 @@ impl BatchWriter {
                 }
                 Ok(result) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
+                    metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "ingest").increment(1);
                     if !result.handoff.is_empty()
                         && let Some(h) = &self.handoff
                         && h.tx.try_send(result.handoff).is_err()
