@@ -1,10 +1,14 @@
 //! The `hookrelay` command: parses arguments, sets up logging, loads the
 //! configuration and calls into the library.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hookrelay::config::Secret;
+use hookrelay::delivery::signing::{Scheme, WebhookSecret};
+use hookrelay::delivery::verify::{self, Headers, Verdict};
 use hookrelay::{Application, Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +35,54 @@ enum Command {
     },
     /// Check the configuration and print it (secrets hidden).
     CheckConfig,
+    /// Check a received webhook against a subscription's secret, as a
+    /// subscriber would. Exit status: 0 valid, 1 invalid, 2 usage error.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  export HOOKRELAY_VERIFY_SECRET=whsec_...\n  \
+    hookrelay verify --headers-file request-head.txt --body-file body.json --now 1763820003")]
+struct VerifyArgs {
+    /// The subscription's secret. Prefer the environment variable: it keeps
+    /// the secret out of shell history and the process list.
+    #[arg(
+        long,
+        env = "HOOKRELAY_VERIFY_SECRET",
+        hide_env_values = true,
+        value_name = "whsec_...",
+        value_parser = secret_arg
+    )]
+    secret: Secret,
+    /// The raw request body, byte for byte: a file, or `-` for standard input.
+    #[arg(long, value_name = "PATH|-")]
+    body_file: PathBuf,
+    /// A request header, `Name: value`; repeat for each header.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// A file of `Name: value` lines, such as a captured request head (blank
+    /// lines and a leading `POST /path HTTP/1.1` are skipped); `-` for stdin.
+    #[arg(long, value_name = "PATH|-")]
+    headers_file: Option<PathBuf>,
+    /// `standard-webhooks` or `courier`; detected from the headers when absent.
+    #[arg(long, value_parser = scheme_arg)]
+    scheme: Option<Scheme>,
+    /// Most seconds the signature's time may be from now, either way.
+    #[arg(long, default_value_t = 300)]
+    tolerance_seconds: u32,
+    /// Check as of this time (unix seconds) instead of now, e.g. an old capture's.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: Option<i64>,
+}
+
+/// Keeps the secret in a type that never prints (clap would quote a value
+/// it failed to parse, so it is parsed later, with an error that does not).
+fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+fn scheme_arg(s: &str) -> Result<Scheme, String> {
+    Scheme::parse(s).ok_or_else(|| "expected `standard-webhooks` or `courier`".to_owned())
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +96,11 @@ enum ApiKeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // A consumer-side tool: no configuration, no logging set-up.
+        Command::Verify(args) => return verify_command(args),
+        command => command,
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -59,7 +116,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -86,6 +143,76 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("configuration is valid\n{config:#?}");
             Ok(())
         }
+        Command::Verify(_) => unreachable!("handled before the configuration is loaded"),
+    }
+}
+
+/// `hookrelay verify`: reads the inputs, prints the report, and exits 0
+/// (valid), 1 (invalid) or 2 (the command cannot be carried out).
+fn verify_command(args: VerifyArgs) -> ExitCode {
+    let usage = |message: String| {
+        eprintln!("hookrelay verify: {message}");
+        ExitCode::from(2)
+    };
+    let secret = match WebhookSecret::parse(args.secret.expose()) {
+        Ok(secret) => secret,
+        Err(e) => return usage(format!("the secret is not usable: {e}")),
+    };
+    let stdin = Path::new("-");
+    if args.headers_file.as_deref() == Some(stdin) && args.body_file == stdin {
+        return usage("only one of --body-file and --headers-file can be standard input".into());
+    }
+    let mut headers = Headers::new();
+    if let Some(path) = &args.headers_file {
+        let text = match read_input(path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return usage(format!("cannot read {}: {e}", path.display())),
+        };
+        if let Err(e) = headers.add_file(&text) {
+            return usage(format!("{}: {e}", path.display()));
+        }
+    }
+    for (i, line) in args.headers.iter().enumerate() {
+        if let Err(e) = headers.add_line(line) {
+            return usage(format!("--header #{}: {e}", i + 1));
+        }
+    }
+    let body = match read_input(&args.body_file) {
+        Ok(body) => body,
+        Err(e) => return usage(format!("cannot read {}: {e}", args.body_file.display())),
+    };
+    let report = verify::verify(&verify::Check {
+        secret: &secret,
+        headers: &headers,
+        body: &body,
+        scheme: args.scheme,
+        now_ms: args.now.map_or_else(hookrelay::clock::now_ms, |s| s.saturating_mul(1000)),
+        tolerance_seconds: i64::from(args.tolerance_seconds),
+    });
+    match report.verdict {
+        Verdict::Valid => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Verdict::Ambiguous => {
+            eprint!("hookrelay verify: {report}");
+            ExitCode::from(2)
+        }
+        Verdict::Invalid(_) | Verdict::NoSignatureHeader => {
+            print!("{report}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A file's bytes, or standard input's for `-`.
+fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes)?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path)
     }
 }
 

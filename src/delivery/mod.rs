@@ -13,6 +13,7 @@ pub mod dispatcher;
 pub mod signing;
 pub mod ssrf;
 pub mod subscription;
+pub mod verify;
 
 use bytes::Bytes;
 

@@ -10,6 +10,7 @@ mod callbacks_ses;
 mod callbacks_sparkpost;
 mod callbacks_twilio;
 mod callbacks_vonage;
+mod consumer;
 mod delivery;
 mod helpers;
 mod messages;
