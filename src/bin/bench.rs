@@ -270,7 +270,7 @@ async fn sink_handle(
             state.latencies.lock().expect("lock").push(arrived.saturating_sub(sent));
         }
     }
-    if n % 97 == 0 {
+    if n.is_multiple_of(97) {
         let secret = state.secrets.lock().expect("lock").get(sub).cloned();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let ok = secret.is_some_and(|s| {
