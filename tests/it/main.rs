@@ -15,3 +15,4 @@ mod messages;
 mod operations;
 mod shutdown;
 mod store;
+mod tracking;
