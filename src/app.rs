@@ -55,6 +55,18 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        let tracking = crate::tracking::Tracking::from_config(&config.tracking, config.public_url(addr))
+            .map_err(|e| anyhow::anyhow!("tracking.keys: {e}"))?;
+        if !tracking.is_enabled() {
+            tracing::info!("open and click tracking is off: no tracking.keys configured");
+        } else if config.server.public_url.is_empty() {
+            // Fine on a developer's machine; never right on 0.0.0.0.
+            if addr.ip().is_loopback() {
+                tracing::info!(%addr, "server.public_url is not set: tracked links point at this address");
+            } else {
+                tracing::warn!(%addr, "server.public_url is not set: tracked links point at this address");
+            }
+        }
         let state = Arc::new(AppState {
             store,
             ingest,
@@ -64,6 +76,7 @@ impl Application {
             callbacks: Callbacks::new(sources, config.public_url(addr)),
             delivery,
             address_policy,
+            tracking,
         });
         Ok(Application { listener, addr, state, writer, dispatcher, generated_api_key, config })
     }

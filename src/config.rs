@@ -21,6 +21,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub delivery: DeliveryConfig,
+    pub tracking: TrackingConfig,
     /// Provider accounts whose callbacks arrive at `POST /callbacks/{name}`.
     pub sources: Vec<SourceConfig>,
 }
@@ -169,6 +170,49 @@ impl Default for DeliveryConfig {
             allow_cidrs: Vec::new(),
         }
     }
+}
+
+/// Open and click tracking (`/t/o/{token}`, `/t/c/{token}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Keys for tracking tokens, newest first: the first signs new tokens,
+    /// every one verifies. Rotate by prepending a new key; remove an old one
+    /// only when no mail carrying its links will be opened again. Empty
+    /// turns tracking off (the pixel still answers, nothing is recorded, the
+    /// rewrite API answers 503).
+    pub keys: Vec<TrackingKey>,
+    /// Whether machine opens and clicks (privacy proxies, prefetches, link
+    /// scanners, bots, HEAD requests) move the message's status. They are
+    /// recorded either way, with `machine: true`.
+    pub machine_events_change_status: bool,
+    /// A click this soon after its link was signed is taken for a link
+    /// scanner. 0 turns the timing rule off.
+    pub scanner_window_seconds: u64,
+    /// Identical hits (same message, kind, link and agent class) within one
+    /// window of this many seconds are recorded once.
+    pub dedupe_window_seconds: u64,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            keys: Vec::new(),
+            machine_events_change_status: false,
+            scanner_window_seconds: 10,
+            dedupe_window_seconds: 60,
+        }
+    }
+}
+
+/// One tracking key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingKey {
+    /// Carried in every token: 1 to 32 of A-Z, a-z, 0-9, - and _.
+    pub id: String,
+    /// At least 32 characters, random.
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -503,6 +547,39 @@ impl Config {
         }
         crate::delivery::ssrf::AddressPolicy::new(&d.allow_cidrs)
             .map_err(|m| ConfigError::invalid("delivery.allow_cidrs", m))?;
+        self.validate_tracking()?;
+        Ok(())
+    }
+
+    fn validate_tracking(&self) -> Result<(), ConfigError> {
+        use crate::tracking::token::{MIN_SECRET_LEN, valid_key_id};
+        let t = &self.tracking;
+        for (i, key) in t.keys.iter().enumerate() {
+            if !valid_key_id(&key.id) {
+                return Err(ConfigError::invalid(
+                    &format!("tracking.keys[{i}].id"),
+                    "1 to 32 characters of A-Z, a-z, 0-9, - and _",
+                ));
+            }
+            if t.keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(ConfigError::invalid(
+                    &format!("tracking.keys[{i}].id"),
+                    format!("`{}` is used by another key", key.id),
+                ));
+            }
+            if key.secret.expose().len() < MIN_SECRET_LEN {
+                return Err(ConfigError::invalid(
+                    &format!("tracking.keys[{i}].secret"),
+                    format!("must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -base64 32`)"),
+                ));
+            }
+        }
+        if t.scanner_window_seconds > 3_600 {
+            return Err(ConfigError::invalid("tracking.scanner_window_seconds", "must be at most 3600"));
+        }
+        if !(1..=86_400).contains(&t.dedupe_window_seconds) {
+            return Err(ConfigError::invalid("tracking.dedupe_window_seconds", "must be from 1 to 86400"));
+        }
         Ok(())
     }
 
@@ -659,6 +736,43 @@ mod tests {
 
         let err = Config::load_from(None, env(&[("HOOKRELAY__AUTH__API_KEYS", "short")])).expect_err("short key");
         assert!(err.to_string().contains("auth.api_keys[0]"), "{err}");
+    }
+
+    #[test]
+    fn tracking_keys_are_checked_by_name() {
+        let good = "[tracking]\nkeys = [{ id = \"k2\", secret = \"0123456789abcdef0123456789abcdef\" }, \
+                    { id = \"k1\", secret = \"abcdef0123456789abcdef0123456789\" }]\n";
+        let config = Config::load_from(Some(file(good).path()), env(&[])).expect("valid");
+        assert_eq!(config.tracking.keys.len(), 2);
+        assert_eq!(config.tracking.keys[0].id, "k2");
+        assert!(!format!("{config:?}").contains("0123456789abcdef"), "secrets never print");
+
+        for (text, key) in [
+            ("[tracking]\nkeys = [{ id = \"k1\", secret = \"short\" }]\n", "tracking.keys[0].secret"),
+            (
+                "[tracking]\nkeys = [{ id = \"k 1\", secret = \"0123456789abcdef0123456789abcdef\" }]\n",
+                "tracking.keys[0].id",
+            ),
+            (
+                "[tracking]\nkeys = [{ id = \"k1\", secret = \"0123456789abcdef0123456789abcdef\" }, \
+                 { id = \"k1\", secret = \"abcdef0123456789abcdef0123456789\" }]\n",
+                "tracking.keys[1].id",
+            ),
+            ("[tracking]\nkeys = [{ id = \"k1\" }]\n", "tracking.keys[0]"),
+            ("[tracking]\ndedupe_window_seconds = 0\n", "tracking.dedupe_window_seconds"),
+            ("[tracking]\nscanner_window_seconds = 99999\n", "tracking.scanner_window_seconds"),
+        ] {
+            let err = Config::load_from(Some(file(text).path()), env(&[])).expect_err(text);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+
+        // From the environment, as a TOML array.
+        let config = Config::load_from(
+            None,
+            env(&[("HOOKRELAY__TRACKING__KEYS", "[{id=\"env\",secret=\"0123456789abcdef0123456789abcdef\"}]")]),
+        )
+        .expect("valid");
+        assert_eq!(config.tracking.keys[0].id, "env");
     }
 
     #[test]

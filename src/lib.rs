@@ -15,6 +15,8 @@
 //!   constant time) and pure `parse` (to normalized events).
 //! - [`store`]: the one storage interface and its PostgreSQL and SQLite
 //!   implementations. SQL only; no status rules.
+//! - [`tracking`]: open and click tracking: signed tokens, the machine-hit
+//!   rules and the HTML rewriter. Pure: no I/O, time passed in.
 //! - [`http`]: the edges. Validate input, submit commands or query the
 //!   store, shape answers. No state of their own.
 //! - [`config`]: the configuration tree, layered and validated.
@@ -35,6 +37,7 @@ pub mod net;
 pub mod providers;
 pub mod store;
 pub mod telemetry;
+pub mod tracking;
 
 pub use app::Application;
 pub use config::Config;

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod messages;
 pub mod ops;
 pub mod subscriptions;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub delivery: crate::delivery::dispatcher::DeliveryHandle,
     /// Where subscriber URLs may point.
     pub address_policy: crate::delivery::ssrf::AddressPolicy,
+    /// Open and click tracking: keys, public URL, machine-hit rules.
+    pub tracking: crate::tracking::Tracking,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,6 +76,7 @@ impl AppState {
         (name = "callbacks", description = "Provider delivery callbacks, verified on the raw body"),
         (name = "subscriptions", description = "Subscriber endpoints for signed message:updated webhooks"),
         (name = "deliveries", description = "Outbound deliveries and their attempts"),
+        (name = "tracking", description = "Open pixel, click redirect, and tracked links for senders"),
         (name = "operations", description = "Health, readiness, metrics, this description"),
     )
 )]
@@ -96,10 +100,12 @@ pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::Op
         .merge(messages::routes())
         .merge(subscriptions::routes())
         .merge(deliveries::routes())
+        .merge(tracking::protected_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(callbacks::routes())
+        .merge(tracking::public_routes())
         .merge(ops::routes())
         .split_for_parts()
 }

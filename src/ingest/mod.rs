@@ -85,6 +85,14 @@ impl Ingest {
     /// Queues commands and waits until they are committed. Refuses at once
     /// when the queue is full.
     pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, IngestError> {
+        self.enqueue(commands)?.outcome().await
+    }
+
+    /// Queues commands and returns at once, without waiting for the commit
+    /// (tracking hits, which answer before their event is written); the
+    /// [`Pending`] answer can be awaited elsewhere. Refuses at once when the
+    /// queue is full.
+    pub fn enqueue(&self, commands: Vec<Command>) -> Result<Pending, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.tx.try_send(Request { commands, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
@@ -93,17 +101,32 @@ impl Ingest {
             }
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
         })?;
-        match tokio::time::timeout(self.wait, answer).await {
-            Ok(answer) => answer.unwrap_or(Err(IngestError::ShuttingDown)),
-            // Not acknowledged: the sender retries, and a commit that lands
-            // after all is deduplicated then.
-            Err(_) => Err(IngestError::Unavailable),
-        }
+        Ok(Pending { answer, wait: self.wait })
     }
 
     /// Requests waiting in the queue.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The answer to queued commands, available once their batch commits.
+/// Dropping it changes nothing: the commands are applied all the same.
+#[derive(Debug)]
+pub struct Pending {
+    answer: oneshot::Receiver<Result<Vec<Outcome>, IngestError>>,
+    wait: Duration,
+}
+
+impl Pending {
+    /// Waits for the commit (at most the queue's wait).
+    pub async fn outcome(self) -> Result<Vec<Outcome>, IngestError> {
+        match tokio::time::timeout(self.wait, self.answer).await {
+            Ok(answer) => answer.unwrap_or(Err(IngestError::ShuttingDown)),
+            // Not acknowledged: the sender retries, and a commit that lands
+            // after all is deduplicated then.
+            Err(_) => Err(IngestError::Unavailable),
+        }
     }
 }
 

@@ -18,3 +18,4 @@ mod operations;
 mod shutdown;
 mod sink;
 mod store;
+mod tracking;

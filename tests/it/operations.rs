@@ -89,6 +89,7 @@ async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppStat
         callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://127.0.0.1".into()),
         delivery,
         address_policy: Default::default(),
+        tracking: hookrelay::tracking::Tracking::disabled(),
     });
     (state, writer)
 }
