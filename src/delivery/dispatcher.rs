@@ -340,8 +340,9 @@ impl Dispatcher {
         ));
         let listen_stop = shutdown.child_token();
         let listener = {
-            let (store, wake, stop) = (self.store.clone(), self.wake.clone(), listen_stop.clone());
-            tokio::spawn(async move { store.listen_for_deliveries(wake, stop).await })
+            let (store, wake, changed, stop) =
+                (self.store.clone(), self.wake.clone(), self.changed.clone(), listen_stop.clone());
+            tokio::spawn(async move { store.listen(wake, changed, stop).await })
         };
         let stats = tokio::spawn(report_stats(self.store.clone(), shutdown.clone()));
         self.refresh().await;
@@ -360,6 +361,12 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                // Settings first: a rotated secret or a disabled subscription
+                // applies before more work is started.
+                () = self.changed.notified() => {
+                    self.refresh().await;
+                    last_refresh = Instant::now();
+                }
                 Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
                     if let Ok(done) = done {
                         self.finished(done, &record_tx);
@@ -369,10 +376,6 @@ impl Dispatcher {
                     self.enqueue(jobs, &record_tx).await;
                 }
                 () = self.wake.notified() => claim_due = true,
-                () = self.changed.notified() => {
-                    self.refresh().await;
-                    last_refresh = Instant::now();
-                }
                 () = tokio::time::sleep(deadline.max(Duration::from_millis(1))) => {
                     claim_due = true;
                     if last_refresh.elapsed() >= REFRESH_EVERY {

@@ -9,7 +9,10 @@
 //!
 //! Courier compatibility: `courier-signature: t=<epoch ms>,signature=<hex
 //! HMAC-SHA256("t.body")>`, keyed with the secret exactly as shown (the whole
-//! `whsec_...` string, as Courier consumers use their secret string).
+//! `whsec_...` string, as Courier consumers use their secret string). During
+//! a rotation each still-valid secret adds a `signature=` entry, newest
+//! first, so a consumer comparing the first entry keeps working with the new
+//! secret and one accepting any entry works with either.
 
 use std::fmt;
 
@@ -124,11 +127,16 @@ pub fn standard_signature_header(secrets: &[&WebhookSecret], id: &str, timestamp
     secrets.iter().map(|s| standard_signature(s, id, timestamp, body)).collect::<Vec<_>>().join(" ")
 }
 
-/// The `courier-signature` value.
-pub fn courier_signature(secret: &WebhookSecret, t_ms: i64, body: &[u8]) -> String {
+/// The `courier-signature` value: one `signature=` entry per secret.
+pub fn courier_signature(secrets: &[&WebhookSecret], t_ms: i64, body: &[u8]) -> String {
     let t = t_ms.to_string();
-    let sig = mac(secret.expose().as_bytes(), &[t.as_bytes(), b".", body]);
-    format!("t={t},signature={}", hex::encode(sig))
+    let mut out = format!("t={t}");
+    for secret in secrets {
+        let sig = mac(secret.expose().as_bytes(), &[t.as_bytes(), b".", body]);
+        out.push_str(",signature=");
+        out.push_str(&hex::encode(sig));
+    }
+    out
 }
 
 /// The signature headers of one attempt. `now_ms` is the attempt's time.
@@ -148,10 +156,8 @@ pub fn headers(
                 ("webhook-signature", standard_signature_header(secrets, id, ts, body)),
             ]
         }
-        Scheme::Courier => match secrets.first() {
-            Some(secret) => vec![("courier-signature", courier_signature(secret, now_ms, body))],
-            None => Vec::new(),
-        },
+        Scheme::Courier if secrets.is_empty() => Vec::new(),
+        Scheme::Courier => vec![("courier-signature", courier_signature(secrets, now_ms, body))],
     }
 }
 
@@ -316,7 +322,7 @@ mod tests {
     #[test]
     fn courier_scheme() {
         let s = secret();
-        let header = courier_signature(&s, 1_631_816_343_012, BODY);
+        let header = courier_signature(&[&s], 1_631_816_343_012, BODY);
         assert!(header.starts_with("t=1631816343012,signature="));
         // Recompute independently: HMAC-SHA256 keyed with the secret text over "t.body".
         let mut m = HmacSha256::new_from_slice(SECRET.as_bytes()).expect("key");
@@ -330,5 +336,11 @@ mod tests {
         assert!(verify_courier(&s, "garbage", BODY, now, 300).is_err());
         let h = headers(Scheme::Courier, &[&s], ID, now, BODY);
         assert_eq!(h, vec![("courier-signature", header)]);
+        // During a rotation both secrets sign, newest first.
+        let new = WebhookSecret::generate().expect("entropy");
+        let both = courier_signature(&[&new, &s], now, BODY);
+        assert_eq!(both.matches(",signature=").count(), 2);
+        assert_eq!(verify_courier(&s, &both, BODY, now, 300), Ok(()));
+        assert_eq!(verify_courier(&new, &both, BODY, now, 300), Ok(()));
     }
 }

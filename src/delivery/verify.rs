@@ -576,7 +576,7 @@ mod tests {
         let s = secret();
         let t_ms = TS * 1000 + 250;
         let mut h = Headers::new();
-        h.add_line(&format!("Courier-Signature: {}", signing::courier_signature(&s, t_ms, BODY))).expect("line");
+        h.add_line(&format!("Courier-Signature: {}", signing::courier_signature(&[&s], t_ms, BODY))).expect("line");
         let report = verify(&check(&s, &h, BODY, TS));
         assert_eq!(report.verdict, Verdict::Valid);
         assert_eq!(report.scheme, Some(Scheme::Courier));
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(verify(&c).verdict, Verdict::Invalid(SignatureError::Missing("webhook-id")));
         // Both kinds of header: the scheme must be chosen.
         let mut both = vector_headers();
-        both.add_line(&format!("courier-signature: {}", signing::courier_signature(&s, t_ms, BODY))).expect("line");
+        both.add_line(&format!("courier-signature: {}", signing::courier_signature(&[&s], t_ms, BODY))).expect("line");
         assert_eq!(verify(&check(&s, &both, BODY, TS)).verdict, Verdict::Ambiguous);
         let mut c = check(&s, &both, BODY, TS);
         c.scheme = Some(Scheme::Courier);

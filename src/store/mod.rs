@@ -261,10 +261,16 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError>;
 
-    /// Wakes `wake` whenever another process commits deliveries, until
-    /// `stop`. PostgreSQL listens for notifications; SQLite (one process)
-    /// returns at once.
-    async fn listen_for_deliveries(&self, wake: Arc<tokio::sync::Notify>, stop: tokio_util::sync::CancellationToken);
+    /// Until `stop`: wakes `wake` whenever another process commits
+    /// deliveries, and `changed` whenever a subscription changes (created,
+    /// updated, rotated, disabled, deleted). PostgreSQL listens for
+    /// notifications; SQLite (one process) returns at once.
+    async fn listen(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        changed: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    );
 }
 
 /// Opens (and migrates) the store named by the configuration.

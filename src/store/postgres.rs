@@ -44,6 +44,8 @@ const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61; // "hookrela"
 
 /// Channel on which committed deliveries are announced.
 pub const DELIVERY_CHANNEL: &str = "hookrelay_deliveries";
+/// Channel on which subscription changes are announced.
+pub const SUBSCRIPTION_CHANNEL: &str = "hookrelay_subscriptions";
 
 /// A pool of PostgreSQL connections.
 #[derive(Clone)]
@@ -111,6 +113,14 @@ async fn insert_deliveries(
         client.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
     }
     Ok(())
+}
+
+/// Tells every process's worker that subscriptions changed. Best effort: a
+/// missed notice is made up by the worker's periodic reload.
+async fn notify_subscriptions(client: &Object) {
+    if let Err(e) = client.batch_execute(&format!("NOTIFY {SUBSCRIPTION_CHANNEL}")).await {
+        tracing::warn!(error = %PgError(e), "cannot announce a subscription change");
+    }
 }
 
 impl RowLike for Row {
@@ -389,6 +399,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(classify)?;
+        notify_subscriptions(&client).await;
         Ok(())
     }
 
@@ -454,12 +465,14 @@ impl Store for PgStore {
             )
             .await
             .map_err(classify)?;
+        notify_subscriptions(&client).await;
         Ok(n == 1)
     }
 
     async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let n = client.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await.map_err(classify)?;
+        notify_subscriptions(&client).await;
         Ok(n == 1)
     }
 
@@ -629,6 +642,9 @@ impl Store for PgStore {
                 }
             }
         }
+        if !disabled.is_empty() {
+            tx.batch_execute(&format!("NOTIFY {SUBSCRIPTION_CHANNEL}")).await.map_err(classify)?;
+        }
         tx.commit().await.map_err(classify)?;
         Ok(disabled)
     }
@@ -726,16 +742,22 @@ impl Store for PgStore {
         Ok(DeliveryStats { pending: row.get(0), oldest_due: row.get(1) })
     }
 
-    async fn listen_for_deliveries(&self, wake: Arc<tokio::sync::Notify>, stop: tokio_util::sync::CancellationToken) {
-        listen(self.config.clone(), wake, stop).await;
+    async fn listen(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        changed: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        listen(self.config.clone(), wake, changed, stop).await;
     }
 }
 
-/// Keeps a connection listening on [`DELIVERY_CHANNEL`], reconnecting
-/// after failures, and wakes `wake` on every notification.
+/// Keeps a connection listening on [`DELIVERY_CHANNEL`] and
+/// [`SUBSCRIPTION_CHANNEL`], reconnecting after failures.
 async fn listen(
     config: tokio_postgres::Config,
     wake: Arc<tokio::sync::Notify>,
+    changed: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(250);
@@ -748,24 +770,27 @@ async fn listen(
                     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
                         match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                                let _ = tx.send(());
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                let _ = tx.send(n.channel() == SUBSCRIPTION_CHANNEL);
                             }
                             Ok(_) => {}
                             Err(_) => break,
                         }
                     }
                 });
-                if let Err(e) = client.batch_execute(&format!("LISTEN {DELIVERY_CHANNEL}")).await {
-                    tracing::warn!(error = %e, "cannot LISTEN for deliveries");
+                let sql = format!("LISTEN {DELIVERY_CHANNEL}; LISTEN {SUBSCRIPTION_CHANNEL}");
+                if let Err(e) = client.batch_execute(&sql).await {
+                    tracing::warn!(error = %PgError(e), "cannot LISTEN for deliveries");
                 } else {
-                    // Work may have been committed while we were not listening.
+                    // Anything may have happened while we were not listening.
                     wake.notify_one();
+                    changed.notify_one();
                     loop {
                         tokio::select! {
                             () = stop.cancelled() => break,
                             got = rx.recv() => match got {
-                                Some(()) => wake.notify_one(),
+                                Some(true) => changed.notify_one(),
+                                Some(false) => wake.notify_one(),
                                 None => break,
                             },
                         }
@@ -773,7 +798,7 @@ async fn listen(
                 }
                 driver.abort();
             }
-            Err(e) => tracing::warn!(error = %e, "cannot connect to LISTEN for deliveries; retrying"),
+            Err(e) => tracing::warn!(error = %PgError(e), "cannot connect to LISTEN for deliveries; retrying"),
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -685,8 +685,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn listen_for_deliveries(&self, _wake: Arc<tokio::sync::Notify>, _stop: tokio_util::sync::CancellationToken) {
-        // One process: new work is signalled in-process.
+    async fn listen(
+        &self,
+        _wake: Arc<tokio::sync::Notify>,
+        _changed: Arc<tokio::sync::Notify>,
+        _stop: tokio_util::sync::CancellationToken,
+    ) {
+        // One process: new work and changes are signalled in-process.
     }
 }
 

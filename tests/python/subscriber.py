@@ -50,12 +50,12 @@ def emit(record):
 
 # The README's Courier check, verbatim.
 def verify_courier(secret: str, raw_body: bytes, header: str) -> bool:
-    parts = dict(p.strip().split("=", 1) for p in header.split(",") if "=" in p)
-    t, signature = parts.get("t", ""), parts.get("signature", "")
+    parts = [p.strip().split("=", 1) for p in header.split(",") if "=" in p]
+    t = next((v for k, v in parts if k == "t"), "")
     if not t.isdigit() or abs(time.time() * 1000 - int(t)) > 300_000:
         return False
     expected = hmac.new(secret.encode(), t.encode() + b"." + raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature)
+    return any(hmac.compare_digest(expected, v) for k, v in parts if k == "signature")
 
 
 class Handler(BaseHTTPRequestHandler):
