@@ -55,11 +55,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
-        let tracking = crate::tracking::Tracking::from_config(&config.tracking, config.public_url(addr))
+        let tracking_config = tracking_keys(&config, &store).await?;
+        let tracking = crate::tracking::Tracking::from_config(&tracking_config, config.public_url(addr))
             .map_err(|e| anyhow::anyhow!("tracking.keys: {e}"))?;
-        if !tracking.is_enabled() {
-            tracing::info!("open and click tracking is off: no tracking.keys configured");
-        } else if config.server.public_url.is_empty() {
+        if config.server.public_url.is_empty() {
             // Fine on a developer's machine; never right on 0.0.0.0.
             if addr.ip().is_loopback() {
                 tracing::info!(%addr, "server.public_url is not set: tracked links point at this address");
@@ -143,6 +142,35 @@ impl Application {
         tracing::info!("hookrelay stopped");
         served.context("the HTTP server task failed")?.context("the HTTP server failed")
     }
+}
+
+/// The setting holding the tracking key generated on first start.
+const TRACKING_KEY_SETTING: &str = "tracking_key";
+/// The id tokens signed with that key carry.
+const STORED_TRACKING_KEY_ID: &str = "stored";
+
+/// The tracking keys to use. With none configured, a key is generated on
+/// first start and kept in the database, so tracked links work with no
+/// set-up and survive restarts; once keys are configured, a stored key
+/// still verifies, so links already sent keep working.
+async fn tracking_keys(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<crate::config::TrackingConfig> {
+    let mut tracking = config.tracking.clone();
+    if tracking.keys.is_empty() {
+        let candidate = generate_key().map_err(|e| anyhow::anyhow!("no entropy for a tracking key: {e}"))?;
+        let secret = store.setting_or_init(TRACKING_KEY_SETTING, &candidate, now_ms()).await?;
+        tracking.keys.push(crate::config::TrackingKey {
+            id: STORED_TRACKING_KEY_ID.into(),
+            secret: crate::config::Secret::new(secret),
+        });
+    } else if let Some(secret) = store.setting(TRACKING_KEY_SETTING).await?
+        && !tracking.keys.iter().any(|k| k.id == STORED_TRACKING_KEY_ID)
+    {
+        tracking.keys.push(crate::config::TrackingKey {
+            id: STORED_TRACKING_KEY_ID.into(),
+            secret: crate::config::Secret::new(secret),
+        });
+    }
+    Ok(tracking)
 }
 
 /// Generates, stores (hashed) and returns an API key when none exists.

@@ -178,9 +178,10 @@ impl Default for DeliveryConfig {
 pub struct TrackingConfig {
     /// Keys for tracking tokens, newest first: the first signs new tokens,
     /// every one verifies. Rotate by prepending a new key; remove an old one
-    /// only when no mail carrying its links will be opened again. Empty
-    /// turns tracking off (the pixel still answers, nothing is recorded, the
-    /// rewrite API answers 503).
+    /// only when no mail carrying its links will be opened again. Empty:
+    /// hookrelay generates a key on first start and keeps it in the
+    /// database (key id `stored`), which keeps verifying after keys are
+    /// configured here.
     pub keys: Vec<TrackingKey>,
     /// Whether machine opens and clicks (privacy proxies, prefetches, link
     /// scanners, bots, HEAD requests) move the message's status. They are

@@ -208,6 +208,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError>;
 
+    /// A setting hookrelay keeps for itself, if stored.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// The stored value of a setting, storing `candidate` first if there is
+    /// none (the first process to start wins; every process gets the same).
+    async fn setting_or_init(&self, name: &str, candidate: &str, now: i64) -> Result<String, StoreError>;
+
     async fn create_subscription(&self, subscription: &Subscription) -> Result<(), StoreError>;
 
     async fn get_subscription(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError>;

@@ -37,7 +37,10 @@ use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 
 /// Migrations, applied in order; the number is the schema version.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("postgres/migrations/0001_init.sql")),
+    (2, include_str!("postgres/migrations/0002_settings.sql")),
+];
 
 /// Serializes migrations between processes starting at once.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61; // "hookrela"
@@ -363,6 +366,25 @@ impl Store for PgStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(classify)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn setting_or_init(&self, name: &str, candidate: &str, now: i64) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO settings (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate, &now],
+            )
+            .await
+            .map_err(classify)?;
+        let row = client.query_one("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(classify)?;
+        Ok(row.get(0))
     }
 
     async fn create_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {

@@ -37,7 +37,8 @@ use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 use crate::store::postgres::{history_entry, parse_statuses};
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("sqlite/migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("sqlite/migrations/0001_init.sql")), (2, include_str!("sqlite/migrations/0002_settings.sql"))];
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -316,6 +317,29 @@ impl Store for SqliteStore {
             )
             .map_err(sqlite_error)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn setting_or_init(&self, name: &str, candidate: &str, now: i64) -> Result<String, StoreError> {
+        let (name, candidate) = (name.to_owned(), candidate.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO settings (name, value, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                params![name, candidate, now],
+            )
+            .map_err(sqlite_error)?;
+            conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0)).map_err(sqlite_error)
         })
         .await
     }

@@ -95,7 +95,11 @@ fn with_database(url: &str, name: &str) -> String {
 
 /// The template's name changes with the schema, so a stale one is never used.
 fn template_name() -> String {
-    let schema = include_str!("../../src/store/postgres/migrations/0001_init.sql");
+    let schema = [
+        include_str!("../../src/store/postgres/migrations/0001_init.sql"),
+        include_str!("../../src/store/postgres/migrations/0002_settings.sql"),
+    ]
+    .concat();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in schema.bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);

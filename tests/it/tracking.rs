@@ -29,7 +29,7 @@ backend_tests!(
     a_click_right_after_sending_is_a_scanner,
     tracked_links_for_one_url,
     keys_rotate_without_breaking_old_links,
-    tracking_without_keys_is_off,
+    tracking_works_with_no_keys_configured,
     subscribers_hear_about_clicks,
 );
 
@@ -405,17 +405,27 @@ async fn keys_rotate_without_breaking_old_links(backend: Backend) {
     assert_eq!(header(&response, "location"), Some("https://e.example/new"));
 }
 
-async fn tracking_without_keys_is_off(backend: Backend) {
+async fn tracking_works_with_no_keys_configured(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |_| {}).await else { return };
-    let (status, body) = app.post("/tracking/rewrite", json!({"message_id": "x", "html": EMAIL})).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("[tracking] keys")), "{body}");
-    let (status, _) = app.post("/tracking/links", json!({"message_id": "x", "url": "https://e.example/"})).await;
-    assert_eq!(status, 503);
-    // The public endpoints still answer as always.
+    let (status, body) = app.post("/tracking/rewrite", json!({"message_id": "nk", "html": EMAIL})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key_id"], "stored", "signed with the key generated on first start");
+    let (_, links) = tracked_urls(body["html"].as_str().expect("html"));
     let client = no_redirects();
-    assert_pixel(hit(&client, reqwest::Method::GET, &app.url("/t/o/anything"), Some(BROWSER)).await).await;
-    assert_not_found_page(hit(&client, reqwest::Method::GET, &app.url("/t/c/anything"), Some(BROWSER)).await).await;
+    let first = hit(&client, reqwest::Method::GET, &links[0], Some(BROWSER)).await;
+    assert_eq!(first.status(), 302);
+
+    // The stored key survives a restart, and keeps verifying once keys are
+    // configured: links already sent keep working.
+    let db = app.stop().await;
+    let mut config = test_config(&db);
+    config.tracking.keys = vec![key("2026-11", "a-configured-secret-of-at-least-32-chars")];
+    let again = start(config, db).await;
+    let link = links[0].replace(&links[0][..links[0].find("/t/c/").expect("path")], &again.url(""));
+    let response = hit(&client, reqwest::Method::GET, &link, Some(BROWSER)).await;
+    assert_eq!(response.status(), 302, "a link signed before the restart still redirects");
+    let body = rewrite(&again, "nk2", EMAIL).await;
+    assert_eq!(body["key_id"], "2026-11", "new links use the configured key");
 }
 
 /// A loopback HTTP sink that collects webhook bodies.
