@@ -200,6 +200,10 @@ struct Report {
     relay_cpu_seconds: f64,
     db_write_transactions: f64,
     db_write_transactions_per_event: f64,
+    /// Mean events per ingest transaction (the group-commit batch).
+    ingest_batch_mean: f64,
+    /// Mean time to apply and commit one ingest batch.
+    ingest_commit_mean_ms: f64,
     queries: Vec<QueryTiming>,
 }
 
@@ -893,8 +897,13 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
         }
     }
     let mut commits_after = 0.0;
+    let (mut batch_sum, mut batch_count, mut commit_sum, mut commit_count) = (0.0, 0.0, 0.0, 0.0);
     for r in relays {
         commits_after += metric_total(&client, r, "hookrelay_db_write_transactions_total").await;
+        batch_sum += metric_total(&client, r, "hookrelay_ingest_batch_events_sum").await;
+        batch_count += metric_total(&client, r, "hookrelay_ingest_batch_events_count").await;
+        commit_sum += metric_total(&client, r, "hookrelay_ingest_commit_seconds_sum").await;
+        commit_count += metric_total(&client, r, "hookrelay_ingest_commit_seconds_count").await;
     }
     let queries = if args.queries > 0 { time_queries(&client, &relays[0], args.queries).await } else { Vec::new() };
     let usage: Vec<(f64, f64)> = pids.iter().map(|p| process_usage(*p)).collect();
@@ -936,6 +945,8 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
         relay_cpu_seconds: usage.iter().map(|u| u.1).sum(),
         db_write_transactions: commits,
         db_write_transactions_per_event: if events > 0 { commits / events as f64 } else { 0.0 },
+        ingest_batch_mean: if batch_count > 0.0 { batch_sum / batch_count } else { 0.0 },
+        ingest_commit_mean_ms: if commit_count > 0.0 { commit_sum / commit_count * 1000.0 } else { 0.0 },
         queries,
     })
 }

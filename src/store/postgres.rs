@@ -75,43 +75,9 @@ async fn insert_deliveries(
     if rows.is_empty() {
         return Ok(());
     }
-    let n = rows.len();
-    let (mut ids, mut subs, mut msgs, mut seqs, mut kinds, mut payloads, mut created) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for d in rows {
-        ids.push(d.id.as_str());
-        subs.push(d.subscription_id.as_str());
-        msgs.push(d.message_id.as_str());
-        seqs.push(d.seq);
-        kinds.push(d.kind.as_str());
-        payloads.push(d.payload.as_slice());
-        created.push(d.created_at);
-    }
-    let (worker, until) = match lease {
-        Some(l) => (Some(l.worker.as_str()), Some(l.until)),
-        None => (None, None),
-    };
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
-               next_attempt_at, locked_until, locked_by, created_at, updated_at) \
-             SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, $8, $9, u.created, u.created \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
-               AS u(id, sub, msg, seq, kind, payload, created)",
-        )
-        .await
-        .map_err(classify)?;
-    client
-        .execute(&stmt, &[&ids, &subs, &msgs, &seqs, &kinds, &payloads, &created, &until, &worker])
-        .await
-        .map_err(classify)?;
+    let arrays = DeliveryArrays::of(rows, lease);
+    let stmt = client.prepare_cached(INSERT_DELIVERIES).await.map_err(classify)?;
+    client.execute(&stmt, &arrays.params()).await.map_err(classify)?;
     if lease.is_none() {
         client.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
     }
@@ -303,8 +269,7 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(classify)?;
         let loaded = load(&tx, &Lookups::for_batch(&commands)).await?;
         let plan = plan::plan(&commands, loaded, now, rfc3339(now));
-        write(&tx, &plan).await?;
-        insert_deliveries(&tx, &plan.deliveries, lease.as_ref()).await?;
+        write(&tx, &plan, lease.as_ref()).await?;
         tx.commit().await.map_err(classify)?;
         let handoff = handoff(&plan.deliveries, lease.as_ref());
         Ok(BatchResult { outcomes: plan.outcomes, handoff })
@@ -845,52 +810,64 @@ pub(crate) fn parse_statuses(text: Option<String>) -> Option<Vec<Status>> {
     Some(list.iter().filter_map(|s| Status::parse(s)).collect())
 }
 
+/// Boxed statement executions, sent together (pipelined) by joining them.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Loads, in one round trip, everything a batch needs: the messages it
+/// touches (by id, provider id or idempotency key, locked in ONE statement in
+/// id order, so writers in several processes always lock in the same order),
+/// which of its dedupe keys exist, and the enabled subscriptions.
 async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
+    let lock_sql = format!(
+        "SELECT {} FROM messages m WHERE m.id = ANY($1) \
+           OR (m.provider = ANY($2) AND m.provider_message_id = ANY($3)) \
+           OR m.idempotency_key = ANY($4) \
+         ORDER BY m.id FOR UPDATE",
+        message_select_list("m")
+    );
+    // Prepared once per connection; preparing first keeps the pipelined
+    // requests below in order.
+    let (lock, dedupe, subs) = tokio::try_join!(
+        tx.prepare_cached(&lock_sql),
+        tx.prepare_cached("SELECT dedupe_key FROM message_events WHERE dedupe_key = ANY($1)"),
+        tx.prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled"),
+    )
+    .map_err(classify)?;
+    let ids: Vec<&str> = lookups.ids.iter().map(MessageId::as_str).collect();
+    let mut providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
+    providers.sort_unstable();
+    providers.dedup();
+    let pmids: Vec<&str> = lookups.provider_refs.iter().map(|r| r.message_id.as_str()).collect();
+    let any_messages = !ids.is_empty() || !pmids.is_empty() || !lookups.idempotency_keys.is_empty();
+    let locked = async {
+        if any_messages {
+            tx.query(&lock, &[&ids, &providers, &pmids, &lookups.idempotency_keys]).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let existing = async {
+        if lookups.dedupe_keys.is_empty() { Ok(Vec::new()) } else { tx.query(&dedupe, &[&lookups.dedupe_keys]).await }
+    };
+    let (locked, existing, subscriptions) =
+        tokio::try_join!(locked, existing, tx.query(&subs, &[])).map_err(classify)?;
     let mut loaded = Loaded::default();
-    // First find every row the batch touches (by provider id or idempotency
-    // key as well as by id), then lock them all in one statement, in id
-    // order.
-    let mut ids: Vec<String> = lookups.ids.iter().map(|id| id.as_str().to_owned()).collect();
-    if !lookups.provider_refs.is_empty() || !lookups.idempotency_keys.is_empty() {
-        let providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
-        let pmids: Vec<&str> = lookups.provider_refs.iter().map(|r| r.message_id.as_str()).collect();
-        let stmt = tx
-            .prepare_cached(
-                "SELECT m.id FROM messages m \
-                 JOIN UNNEST($1::text[], $2::text[]) AS r(provider, pmid) \
-                   ON m.provider = r.provider AND m.provider_message_id = r.pmid \
-                 UNION SELECT id FROM messages WHERE idempotency_key = ANY($3)",
-            )
-            .await
-            .map_err(classify)?;
-        let rows = tx.query(&stmt, &[&providers, &pmids, &lookups.idempotency_keys]).await.map_err(classify)?;
-        ids.extend(rows.iter().map(|r| r.get::<_, String>(0)));
-    }
-    ids.sort();
-    ids.dedup();
-    if !ids.is_empty() {
-        let sql = format!(
-            "SELECT {} FROM messages m WHERE m.id = ANY($1) ORDER BY m.id FOR UPDATE",
-            message_select_list("m")
-        );
-        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        for row in tx.query(&stmt, &[&ids]).await.map_err(classify)? {
-            loaded.messages.push(decode_message(&row)?);
+    for row in &locked {
+        let record = decode_message(row)?;
+        // The provider match is loose (any listed provider with any listed
+        // id): keep only the pairs asked for.
+        let wanted = lookups.ids.contains(&record.id)
+            || record.idempotency_key.as_ref().is_some_and(|k| lookups.idempotency_keys.contains(k))
+            || lookups.provider_refs.iter().any(|r| {
+                record.provider.as_ref() == Some(&r.provider)
+                    && record.provider_message_id.as_deref() == Some(&r.message_id)
+            });
+        if wanted {
+            loaded.messages.push(record);
         }
     }
-    if !lookups.dedupe_keys.is_empty() {
-        let stmt = tx
-            .prepare_cached("SELECT dedupe_key FROM message_events WHERE dedupe_key = ANY($1)")
-            .await
-            .map_err(classify)?;
-        let rows = tx.query(&stmt, &[&lookups.dedupe_keys]).await.map_err(classify)?;
-        loaded.existing_dedupe_keys = rows.iter().map(|r| r.get(0)).collect();
-    }
-    let stmt = tx
-        .prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled")
-        .await
-        .map_err(classify)?;
-    for row in tx.query(&stmt, &[]).await.map_err(classify)? {
+    loaded.existing_dedupe_keys = existing.iter().map(|r| r.get(0)).collect();
+    for row in subscriptions {
         loaded.subscriptions.push(SubscriptionFilter {
             id: SubscriptionId::from_trusted(row.get(0)),
             statuses: parse_statuses(row.get(1)),
@@ -986,107 +963,207 @@ const MESSAGE_UNNEST: &str = "UNNEST($1::text[], $2::text[], $3::int8[], $4::int
      $7::int8[], $8::int8[], $9::text[], $10::text[], $11::bool[], $12::text[], $13::text[], $14::text[], \
      $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[])";
 
-async fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
-    // A record merged away gives up its unique keys before its successor
-    // takes them.
-    for (from, _) in &plan.merges {
-        let stmt = tx
-            .prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = $1")
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[&from.as_str()]).await.map_err(classify)?;
+/// Column arrays for a multi-row delivery insert.
+struct DeliveryArrays<'a> {
+    ids: Vec<&'a str>,
+    subs: Vec<&'a str>,
+    msgs: Vec<&'a str>,
+    seqs: Vec<i64>,
+    kinds: Vec<&'static str>,
+    payloads: Vec<&'a [u8]>,
+    created: Vec<i64>,
+    until: Option<i64>,
+    worker: Option<&'a str>,
+}
+
+impl<'a> DeliveryArrays<'a> {
+    fn of(rows: &'a [DeliveryRow], lease: Option<&'a Lease>) -> Self {
+        let n = rows.len();
+        let mut a = DeliveryArrays {
+            ids: Vec::with_capacity(n),
+            subs: Vec::with_capacity(n),
+            msgs: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            until: lease.map(|l| l.until),
+            worker: lease.map(|l| l.worker.as_str()),
+        };
+        for d in rows {
+            a.ids.push(d.id.as_str());
+            a.subs.push(d.subscription_id.as_str());
+            a.msgs.push(d.message_id.as_str());
+            a.seqs.push(d.seq);
+            a.kinds.push(d.kind.as_str());
+            a.payloads.push(d.payload.as_slice());
+            a.created.push(d.created_at);
+        }
+        a
     }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.ids,
+            &self.subs,
+            &self.msgs,
+            &self.seqs,
+            &self.kinds,
+            &self.payloads,
+            &self.created,
+            &self.until,
+            &self.worker,
+        ]
+    }
+}
+
+const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, \
+       attempts, next_attempt_at, locked_until, locked_by, created_at, updated_at) \
+     SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, $8, $9, u.created, u.created \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
+       AS u(id, sub, msg, seq, kind, payload, created)";
+
+fn insert_messages_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("INSERT INTO messages ({}) SELECT * FROM {MESSAGE_UNNEST}", super::MESSAGE_COLUMNS.join(", "))
+    })
+}
+
+fn update_messages_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let sets = super::MESSAGE_COLUMNS[1..].iter().map(|c| format!("{c} = u.{c}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "UPDATE messages m SET {sets} FROM {MESSAGE_UNNEST} AS u({}) WHERE m.id = u.id",
+            super::MESSAGE_COLUMNS.join(", ")
+        )
+    })
+}
+
+/// Writes a plan in ONE round trip: every statement is sent at once
+/// (pipelined) and the server runs them in order. Statements are prepared
+/// first (once per connection) so that the requests go out in order.
+async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Result<(), StoreError> {
+    let (
+        insert_messages,
+        update_messages,
+        insert_events,
+        delete_tags,
+        insert_tags,
+        insert_deliveries,
+        clear_refs,
+        move_events,
+        move_deliveries,
+        delete_message,
+    ) = tokio::try_join!(
+        tx.prepare_cached(insert_messages_sql()),
+        tx.prepare_cached(update_messages_sql()),
+        tx.prepare_cached(
+            "INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        ),
+        tx.prepare_cached("DELETE FROM message_tags WHERE message_id = ANY($1)"),
+        tx.prepare_cached(
+            "INSERT INTO message_tags (tag, enqueued_at, message_id) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
+        ),
+        tx.prepare_cached(INSERT_DELIVERIES),
+        tx.prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = ANY($1)"),
+        tx.prepare_cached("UPDATE message_events SET message_id = $2 WHERE message_id = $1"),
+        tx.prepare_cached("UPDATE deliveries SET message_id = $2 WHERE message_id = $1"),
+        tx.prepare_cached("DELETE FROM messages WHERE id = ANY($1)"),
+    )
+    .map_err(classify)?;
 
     let (mut new, mut old) = (MessageArrays::default(), MessageArrays::default());
     for w in &plan.messages {
         let columns = MessageColumns::of(&w.record);
         if w.is_new { new.push(columns) } else { old.push(columns) }
     }
-    let cols = super::MESSAGE_COLUMNS.join(", ");
+    let merged_away: Vec<&str> = plan.merges.iter().map(|(from, _)| from.as_str()).collect();
+    let pairs: Vec<(&str, &str)> = plan.merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect();
+    let moves: Vec<[&(dyn ToSql + Sync); 2]> =
+        pairs.iter().map(|(from, into)| [from as &(dyn ToSql + Sync), into as _]).collect();
+    let n = plan.events.len();
+    let (mut ids, mut keys, mut ts, mut received, mut kinds, mut details) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in &plan.events {
+        ids.push(e.message_id.as_str());
+        keys.push(e.dedupe_key.as_str());
+        ts.push(e.ts);
+        received.push(e.received_at);
+        kinds.push(e.kind);
+        details.push(e.detail.as_str());
+    }
+    let retag: Vec<&MessageRecord> = plan.messages.iter().filter(|w| w.tags_changed).map(|w| &w.record).collect();
+    let retag_ids: Vec<&str> = retag.iter().map(|m| m.id.as_str()).collect();
+    let (mut tags, mut enqueued, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+    for m in &retag {
+        for tag in &m.tags {
+            tags.push(tag.as_str());
+            enqueued.push(m.state.milestones.enqueued);
+            owners.push(m.id.as_str());
+        }
+    }
+    let deliveries = DeliveryArrays::of(&plan.deliveries, lease);
+    let (new_params, old_params, delivery_params) = (new.params(), old.params(), deliveries.params());
+    let event_params: [&(dyn ToSql + Sync); 6] = [&ids, &keys, &ts, &received, &kinds, &details];
+    let tag_params: [&(dyn ToSql + Sync); 3] = [&tags, &enqueued, &owners];
+    let merged_params: [&(dyn ToSql + Sync); 1] = [&merged_away];
+    let retag_params: [&(dyn ToSql + Sync); 1] = [&retag_ids];
+
+    // In order: a record merged away gives up its unique keys before its
+    // successor takes them; messages exist before history refers to them.
+    let mut ops: Vec<Pending<'_>> = Vec::with_capacity(12);
+    if !merged_away.is_empty() {
+        ops.push(Box::pin(tx.execute(&clear_refs, &merged_params)));
+    }
     if !new.id.is_empty() {
-        let sql = format!("INSERT INTO messages ({cols}) SELECT * FROM {MESSAGE_UNNEST}");
-        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        tx.execute(&stmt, &new.params()).await.map_err(classify)?;
+        ops.push(Box::pin(tx.execute(&insert_messages, &new_params)));
     }
     if !old.id.is_empty() {
-        let sets = super::MESSAGE_COLUMNS[1..].iter().map(|c| format!("{c} = u.{c}")).collect::<Vec<_>>().join(", ");
-        let sql = format!("UPDATE messages m SET {sets} FROM {MESSAGE_UNNEST} AS u({cols}) WHERE m.id = u.id");
-        let stmt = tx.prepare_cached(&sql).await.map_err(classify)?;
-        tx.execute(&stmt, &old.params()).await.map_err(classify)?;
+        ops.push(Box::pin(tx.execute(&update_messages, &old_params)));
     }
-
-    for (from, into) in &plan.merges {
-        for sql in [
-            "UPDATE message_events SET message_id = $2 WHERE message_id = $1",
-            "UPDATE deliveries SET message_id = $2 WHERE message_id = $1",
-        ] {
-            let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
-            tx.execute(&stmt, &[&from.as_str(), &into.as_str()]).await.map_err(classify)?;
-        }
-        for sql in ["DELETE FROM message_tags WHERE message_id = $1", "DELETE FROM messages WHERE id = $1"] {
-            let stmt = tx.prepare_cached(sql).await.map_err(classify)?;
-            tx.execute(&stmt, &[&from.as_str()]).await.map_err(classify)?;
-        }
+    for params in &moves {
+        ops.push(Box::pin(tx.execute(&move_events, params)));
+        ops.push(Box::pin(tx.execute(&move_deliveries, params)));
     }
-
-    if !plan.events.is_empty() {
-        let n = plan.events.len();
-        let (mut ids, mut keys, mut ts, mut received, mut kinds, mut details) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for e in &plan.events {
-            ids.push(e.message_id.as_str());
-            keys.push(e.dedupe_key.as_str());
-            ts.push(e.ts);
-            received.push(e.received_at);
-            kinds.push(e.kind);
-            details.push(e.detail.as_str());
-        }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
-                 ON CONFLICT (dedupe_key) DO NOTHING",
-            )
-            .await
-            .map_err(classify)?;
-        let inserted = tx.execute(&stmt, &[&ids, &keys, &ts, &received, &kinds, &details]).await.map_err(classify)?;
-        if inserted as usize != n {
-            // Another process recorded one of these events after we looked;
-            // the retry will see it as a duplicate.
-            return Err(StoreError::Conflict("an event of this batch was recorded concurrently".into()));
-        }
+    if !merged_away.is_empty() {
+        ops.push(Box::pin(tx.execute(&delete_tags, &merged_params)));
+        ops.push(Box::pin(tx.execute(&delete_message, &merged_params)));
     }
-
-    let retag: Vec<&MessageRecord> = plan.messages.iter().filter(|w| w.tags_changed).map(|w| &w.record).collect();
-    if !retag.is_empty() {
-        let ids: Vec<&str> = retag.iter().map(|m| m.id.as_str()).collect();
-        let stmt = tx.prepare_cached("DELETE FROM message_tags WHERE message_id = ANY($1)").await.map_err(classify)?;
-        tx.execute(&stmt, &[&ids]).await.map_err(classify)?;
-        let (mut tags, mut enqueued, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-        for m in &retag {
-            for tag in &m.tags {
-                tags.push(tag.as_str());
-                enqueued.push(m.state.milestones.enqueued);
-                owners.push(m.id.as_str());
-            }
-        }
+    let events_at = (n > 0).then(|| {
+        ops.push(Box::pin(tx.execute(&insert_events, &event_params)));
+        ops.len() - 1
+    });
+    if !retag_ids.is_empty() {
+        ops.push(Box::pin(tx.execute(&delete_tags, &retag_params)));
         if !tags.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO message_tags (tag, enqueued_at, message_id) \
-                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(classify)?;
-            tx.execute(&stmt, &[&tags, &enqueued, &owners]).await.map_err(classify)?;
+            ops.push(Box::pin(tx.execute(&insert_tags, &tag_params)));
         }
     }
-
+    if !plan.deliveries.is_empty() {
+        ops.push(Box::pin(tx.execute(&insert_deliveries, &delivery_params)));
+        if lease.is_none() {
+            // Delivered at commit: other processes may take these.
+            ops.push(Box::pin(async { tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map(|()| 0) }));
+        }
+    }
+    let results = futures_util::future::try_join_all(ops).await.map_err(classify)?;
+    if let Some(i) = events_at
+        && results[i] as usize != n
+    {
+        // Another process recorded one of these events after we looked; the
+        // retry will see it as a duplicate.
+        return Err(StoreError::Conflict("an event of this batch was recorded concurrently".into()));
+    }
     Ok(())
 }
