@@ -849,8 +849,11 @@ async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreEr
     let existing = async {
         if lookups.dedupe_keys.is_empty() { Ok(Vec::new()) } else { tx.query(&dedupe, &[&lookups.dedupe_keys]).await }
     };
+    // Joined without short-circuiting: after a failure the later requests
+    // fail too ("transaction is aborted"); the cause is the first in order.
+    let (locked, existing, subscriptions) = tokio::join!(locked, existing, tx.query(&subs, &[]));
     let (locked, existing, subscriptions) =
-        tokio::try_join!(locked, existing, tx.query(&subs, &[])).map_err(classify)?;
+        (locked.map_err(classify)?, existing.map_err(classify)?, subscriptions.map_err(classify)?);
     let mut loaded = Loaded::default();
     for row in &locked {
         let record = decode_message(row)?;
@@ -1157,7 +1160,13 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
             ops.push(Box::pin(async { tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map(|()| 0) }));
         }
     }
-    let results = futures_util::future::try_join_all(ops).await.map_err(classify)?;
+    // All of them, then the first error in request order: after a failure
+    // the later statements only report that the transaction is aborted.
+    let results = futures_util::future::join_all(ops)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<u64>, _>>()
+        .map_err(classify)?;
     if let Some(i) = events_at
         && results[i] as usize != n
     {
