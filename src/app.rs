@@ -76,6 +76,7 @@ impl Application {
             delivery,
             address_policy,
             tracking,
+            max_replay: config.delivery.max_replay,
         });
         Ok(Application { listener, addr, state, writer, dispatcher, generated_api_key, config })
     }

@@ -147,6 +147,9 @@ pub struct DeliveryConfig {
     pub claim_batch: usize,
     /// A subscription failing without a single success for this long is disabled.
     pub disable_after_failing_seconds: u64,
+    /// Most messages one replay request may queue; a larger range is refused
+    /// (before anything is queued) and must be replayed in parts.
+    pub max_replay: usize,
     /// Destinations allowed although not globally routable (CIDRs), e.g.
     /// `["10.0.0.0/8"]` for subscribers on a private network.
     pub allow_cidrs: Vec<String>,
@@ -167,6 +170,7 @@ impl Default for DeliveryConfig {
             poll_interval_ms: 1_000,
             claim_batch: 200,
             disable_after_failing_seconds: 5 * 86_400,
+            max_replay: 100_000,
             allow_cidrs: Vec::new(),
         }
     }
@@ -534,10 +538,11 @@ impl Config {
         if d.timeout_ms < 100 || d.connect_timeout_ms < 100 {
             return Err(ConfigError::invalid("delivery.timeout_ms", "timeouts must be at least 100 ms"));
         }
-        if d.lease_seconds.saturating_mul(1000) < d.timeout_ms.saturating_add(5_000) {
+        if d.lease_seconds.saturating_mul(1000) < d.timeout_ms.saturating_mul(2).saturating_add(5_000) {
             return Err(ConfigError::invalid(
                 "delivery.lease_seconds",
-                "must exceed delivery.timeout_ms by at least 5 seconds, or slow attempts could be sent twice",
+                "must be at least twice delivery.timeout_ms plus 5 seconds: an attempt only starts with a whole \
+                 timeout and a margin of lease left, and claimed work may wait its turn",
             ));
         }
         if d.claim_batch == 0 || d.poll_interval_ms == 0 {
@@ -737,6 +742,13 @@ mod tests {
 
         let err = Config::load_from(None, env(&[("HOOKRELAY__AUTH__API_KEYS", "short")])).expect_err("short key");
         assert!(err.to_string().contains("auth.api_keys[0]"), "{err}");
+
+        // A lease must outlast an attempt started at its end, with a margin.
+        let short_lease = [("HOOKRELAY__DELIVERY__TIMEOUT_MS", "30000"), ("HOOKRELAY__DELIVERY__LEASE_SECONDS", "60")];
+        let err = Config::load_from(None, env(&short_lease)).expect_err("lease too short");
+        assert!(err.to_string().contains("delivery.lease_seconds"), "{err}");
+        let lease = [("HOOKRELAY__DELIVERY__TIMEOUT_MS", "30000"), ("HOOKRELAY__DELIVERY__LEASE_SECONDS", "65")];
+        assert!(Config::load_from(None, env(&lease)).is_ok());
     }
 
     #[test]

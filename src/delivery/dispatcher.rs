@@ -185,6 +185,7 @@ async fn attempt(client: &Client, policy: &RetryPolicy, sub: &Subscription, job:
         recorded: Recorded {
             id: job.id.clone(),
             subscription_id: sub.id.clone(),
+            lease_until: job.lease_until,
             state,
             attempts,
             next_attempt_at,
@@ -248,7 +249,8 @@ struct Lane {
 /// Records going to the recorder task.
 enum Record {
     Attempt(Box<Recorded>, Health),
-    Release(DeliveryId),
+    /// A job given back unattempted, with the lease it held.
+    Release(DeliveryId, i64),
 }
 
 /// The worker. Build with [`Dispatcher::new`], then [`Dispatcher::run`].
@@ -267,6 +269,9 @@ pub struct Dispatcher {
     in_flight: usize,
     queued: usize,
     attempts: JoinSet<Done>,
+    /// Which subscription each running attempt is for, so a task that
+    /// panicked still frees its slot.
+    running: HashMap<tokio::task::Id, SubscriptionId>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -322,6 +327,7 @@ impl Dispatcher {
             in_flight: 0,
             queued: 0,
             attempts: JoinSet::new(),
+            running: HashMap::new(),
         };
         Ok((dispatcher, handoff, handle))
     }
@@ -348,6 +354,10 @@ impl Dispatcher {
         self.refresh().await;
         let mut last_refresh = Instant::now();
         let mut claim_due = true;
+        // The poll is a fixed deadline, moved only when it fires: activity
+        // (attempts ending, hand-offs) must never postpone it, or due retries
+        // would wait for a quiet moment.
+        let mut next_poll = tokio::time::Instant::now() + self.settings.poll;
         loop {
             if claim_due {
                 claim_due = self.claim(&record_tx).await;
@@ -356,8 +366,7 @@ impl Dispatcher {
             self.accepting.store(self.queued < self.settings.concurrency * 4, Ordering::Relaxed);
             metrics::gauge!("hookrelay_delivery_in_flight").set(self.in_flight as f64);
             metrics::gauge!("hookrelay_delivery_local_queue").set(self.queued as f64);
-            let deadline =
-                self.next_token().map_or(self.settings.poll, |t| t.saturating_duration_since(Instant::now()));
+            let token = self.next_token().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -367,17 +376,18 @@ impl Dispatcher {
                     self.refresh().await;
                     last_refresh = Instant::now();
                 }
-                Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
-                    if let Ok(done) = done {
-                        self.finished(done, &record_tx);
-                    }
+                Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
+                    self.joined(joined, &record_tx);
                 }
                 Some(jobs) = self.handoff_rx.recv() => {
                     self.enqueue(jobs, &record_tx).await;
                 }
                 () = self.wake.notified() => claim_due = true,
-                () = tokio::time::sleep(deadline.max(Duration::from_millis(1))) => {
+                // A rate-limited lane gets its next token: dispatch, no claim.
+                () = tokio::time::sleep_until(token.unwrap_or(next_poll)), if token.is_some_and(|t| t < next_poll) => {}
+                () = tokio::time::sleep_until(next_poll) => {
                     claim_due = true;
+                    next_poll = tokio::time::Instant::now() + self.settings.poll;
                     if last_refresh.elapsed() >= REFRESH_EVERY {
                         self.refresh().await;
                         last_refresh = Instant::now();
@@ -392,19 +402,19 @@ impl Dispatcher {
         self.handoff_rx.close();
         while let Some(jobs) = self.handoff_rx.recv().await {
             for job in jobs {
-                let _ = record_tx.send(Record::Release(job.id));
+                let _ = record_tx.send(Record::Release(job.id, job.lease_until));
             }
         }
         for lane in self.lanes.values_mut() {
             for job in lane.queue.drain(..) {
-                let _ = record_tx.send(Record::Release(job.id));
+                let _ = record_tx.send(Record::Release(job.id, job.lease_until));
             }
         }
         let deadline = tokio::time::Instant::now() + grace;
         while !self.attempts.is_empty() {
-            match tokio::time::timeout_at(deadline, self.attempts.join_next()).await {
-                Ok(Some(Ok(done))) => self.finished(done, &record_tx),
-                Ok(_) => {}
+            match tokio::time::timeout_at(deadline, self.attempts.join_next_with_id()).await {
+                Ok(Some(joined)) => self.joined(joined, &record_tx),
+                Ok(None) => {}
                 Err(_) => {
                     tracing::warn!(
                         in_flight = self.attempts.len(),
@@ -479,7 +489,7 @@ impl Dispatcher {
         for job in jobs {
             let usable = self.subscriptions.get(&job.subscription_id).is_some_and(|s| s.enabled);
             if !usable {
-                let _ = record_tx.send(Record::Release(job.id));
+                let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                 continue;
             }
             let rate = self.subscriptions.get(&job.subscription_id).and_then(|s| s.rate_limit_per_second);
@@ -517,7 +527,7 @@ impl Dispatcher {
                     // Deleted or disabled since it was queued: give the work back.
                     for job in lane.queue.drain(..) {
                         self.queued -= 1;
-                        let _ = record_tx.send(Record::Release(job.id));
+                        let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                     }
                 }
                 Some(sub) => {
@@ -528,7 +538,7 @@ impl Dispatcher {
                         // Too little lease left to finish an attempt safely.
                         if let Some(job) = lane.queue.pop_front() {
                             self.queued -= 1;
-                            let _ = record_tx.send(Record::Release(job.id));
+                            let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                         }
                     }
                     let allowed = lane.in_flight < max && !lane.queue.is_empty();
@@ -541,7 +551,9 @@ impl Dispatcher {
                         self.in_flight += 1;
                         started = true;
                         let (client, policy) = (self.client.clone(), self.settings.policy.clone());
-                        self.attempts.spawn(async move { attempt(&client, &policy, &sub, &job).await });
+                        let sub_id = sub.id.clone();
+                        let task = self.attempts.spawn(async move { attempt(&client, &policy, &sub, &job).await });
+                        self.running.insert(task.id(), sub_id);
                     }
                 }
             }
@@ -554,23 +566,53 @@ impl Dispatcher {
         }
     }
 
-    fn finished(&mut self, done: Done, record_tx: &mpsc::UnboundedSender<Record>) {
-        self.in_flight -= 1;
-        if let Some(lane) = self.lanes.get_mut(&done.recorded.subscription_id) {
+    /// Handles an attempt task's end.
+    fn joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+        record_tx: &mpsc::UnboundedSender<Record>,
+    ) {
+        match joined {
+            Ok((task, done)) => {
+                self.running.remove(&task);
+                self.finished(done, record_tx);
+            }
+            Err(e) => {
+                // Its lease runs out and the delivery is attempted again.
+                tracing::error!(error = %e, "a delivery attempt task failed");
+                if let Some(sub) = self.running.remove(&e.id()) {
+                    self.free_slot(&sub);
+                }
+            }
+        }
+    }
+
+    fn free_slot(&mut self, sub: &SubscriptionId) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(lane) = self.lanes.get_mut(sub) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
         }
+    }
+
+    fn finished(&mut self, done: Done, record_tx: &mpsc::UnboundedSender<Record>) {
+        self.free_slot(&done.recorded.subscription_id.clone());
         if done.health == Health::Gone {
             tracing::warn!(subscription.id = %done.recorded.subscription_id, "the endpoint answered 410 Gone; disabling the subscription");
         }
         let _ = record_tx.send(Record::Attempt(Box::new(done.recorded), done.health));
     }
 
-    /// The earliest moment a rate-limited lane with work gets a token.
+    /// The earliest moment a rate-limited lane that could otherwise start
+    /// an attempt gets a token (lanes at their in-flight cap wait for an
+    /// attempt to end instead, which wakes the loop anyway).
     fn next_token(&self) -> Option<Instant> {
+        if self.in_flight >= self.settings.concurrency {
+            return None;
+        }
         self.lanes
-            .values()
-            .filter(|l| !l.queue.is_empty())
-            .filter_map(|l| l.bucket.as_ref().filter(|b| b.tokens < 1.0).map(Bucket::next_token))
+            .iter()
+            .filter(|(id, l)| !l.queue.is_empty() && l.in_flight < self.max_in_flight(id))
+            .filter_map(|(_, l)| l.bucket.as_ref().filter(|b| b.tokens < 1.0).map(Bucket::next_token))
             .min()
     }
 
@@ -613,12 +655,11 @@ impl Dispatcher {
         let mut made = 0;
         loop {
             self.dispatch(&record_tx);
-            match self.attempts.join_next().await {
-                Some(Ok(done)) => {
-                    made += 1;
-                    self.finished(done, &record_tx);
+            match self.attempts.join_next_with_id().await {
+                Some(joined) => {
+                    made += usize::from(joined.is_ok());
+                    self.joined(joined, &record_tx);
                 }
-                Some(Err(_)) => {}
                 None if self.queued == 0 => break,
                 // Queued but nothing could start (rate limit): wait a little.
                 None => {
@@ -673,7 +714,7 @@ async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, batch: 
                 health.push((recorded.subscription_id.clone(), h));
                 records.push(*recorded);
             }
-            Record::Release(id) => released.push(id),
+            Record::Release(id, lease) => released.push((id, lease)),
         }
     }
     let mut wait = Duration::from_millis(200);

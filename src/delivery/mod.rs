@@ -89,6 +89,9 @@ pub struct AttemptRecord {
 pub struct Recorded {
     pub id: DeliveryId,
     pub subscription_id: SubscriptionId,
+    /// The lease the attempt ran under; the outcome is written only while
+    /// the delivery still holds exactly this lease.
+    pub lease_until: i64,
     pub state: DeliveryState,
     pub attempts: u32,
     pub next_attempt_at: Option<i64>,

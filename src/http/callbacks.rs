@@ -77,26 +77,51 @@ impl CertificateStore for CertificateCache {
     }
 }
 
+/// One certificate, fetched for the request at hand.
+struct Fetched<'a> {
+    url: &'a str,
+    pem: Arc<[u8]>,
+}
+
+impl CertificateStore for Fetched<'_> {
+    fn get(&self, url: &str) -> Option<Arc<[u8]>> {
+        (url == self.url).then(|| self.pem.clone())
+    }
+}
+
 impl CertificateCache {
-    async fn ensure(&self, client: &reqwest::Client, url: &str) -> Result<(), String> {
-        if self.get(url).is_some() {
-            return Ok(());
+    /// The certificate at `url`, from the cache or fetched (then `true`):
+    /// the caller keeps a fetched one only once it verified a signature, so
+    /// a request that fails verification leaves nothing behind.
+    async fn fetch(&self, client: &reqwest::Client, url: &str) -> Result<(Arc<[u8]>, bool), String> {
+        if let Some(pem) = self.get(url) {
+            return Ok((pem, false));
         }
-        let response = client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
+        let mut response = client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| e.without_url().to_string())?;
-        if body.len() > MAX_CERTIFICATE_BYTES {
+        if response.content_length().is_some_and(|n| n > MAX_CERTIFICATE_BYTES as u64) {
             return Err("certificate too large".into());
         }
+        // Read in chunks: a server that sends no length is cut off at the cap.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if body.len() + chunk.len() > MAX_CERTIFICATE_BYTES {
+                return Err("certificate too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((Arc::from(body), true))
+    }
+
+    fn remember(&self, url: &str, pem: Arc<[u8]>) {
         if let Ok(mut certificates) = self.certificates.lock() {
             if certificates.len() >= MAX_CERTIFICATES {
                 certificates.clear();
             }
-            certificates.insert(url.to_owned(), Arc::from(&body[..]));
+            certificates.insert(url.to_owned(), pem);
         }
-        Ok(())
     }
 }
 
@@ -107,6 +132,17 @@ pub struct Accepted {
     accepted: usize,
     /// Events that had been recorded before (provider retries).
     duplicates: usize,
+    /// Elements of a batch that could not be read and were left out.
+    #[serde(skip_serializing_if = "is_zero")]
+    skipped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Accepted {
+    const NOTHING: Accepted = Accepted { accepted: 0, duplicates: 0, skipped: 0 };
 }
 
 /// Receive a provider's delivery callback. The body is verified as sent
@@ -118,7 +154,7 @@ pub struct Accepted {
     request_body(content = String, description = "The provider's callback, exactly as sent", content_type = "application/json"),
     responses(
         (status = 200, description = "Accepted (also for duplicates and unknown event types)", body = Accepted),
-        (status = 400, description = "Verified but cannot be parsed", body = ErrorBody),
+        (status = 400, description = "Verified but nothing in it can be parsed (unreadable elements of a batch are left out and counted in `skipped`)", body = ErrorBody),
         (status = 401, description = "Missing or bad signature or credentials, or a stale timestamp", body = ErrorBody),
         (status = 403, description = "An SNS subscription for a topic that is not allowed", body = ErrorBody),
         (status = 404, description = "No such source", body = ErrorBody),
@@ -199,8 +235,14 @@ async fn receive(
     let req = CallbackRequest { method: &method, url: &url, query, headers, body: &body, received_at: now };
 
     let verified = match source.certificate_url(&req) {
-        Ok(Some(cert_url)) => match callbacks.certificates.ensure(&callbacks.client, &cert_url).await {
-            Ok(()) => source.verify(&req, now, &callbacks.certificates),
+        Ok(Some(cert_url)) => match callbacks.certificates.fetch(&callbacks.client, &cert_url).await {
+            Ok((pem, fetched)) => {
+                let verified = source.verify(&req, now, &Fetched { url: &cert_url, pem: pem.clone() });
+                if fetched && verified.is_ok() {
+                    callbacks.certificates.remember(&cert_url, pem);
+                }
+                verified
+            }
             Err(e) => {
                 // Not the sender's fault: answer 503 so that SNS retries.
                 tracing::warn!(source = name, error = %e, "cannot fetch the SNS signing certificate");
@@ -232,9 +274,17 @@ async fn receive(
         Some(Action::Ignore { why }) => tracing::debug!(source = name, why, "callback carries nothing to record"),
         None => {}
     }
+    let skipped = parsed.skipped;
+    if let Some(reason) = &parsed.skip_reason {
+        // The rest of the batch is recorded: refusing it would have the
+        // provider retry the good events and drop them with the bad one.
+        tracing::warn!(source = name, skipped, first = %reason, "left out unreadable events of a batch");
+        metrics::counter!("hookrelay_callback_events_skipped_total", "source" => name.to_owned())
+            .increment(skipped as u64);
+    }
     if parsed.callbacks.is_empty() {
         count(name, "empty");
-        return Json(Accepted { accepted: 0, duplicates: 0 }).into_response();
+        return Json(Accepted::NOTHING).into_response();
     }
     let commands: Vec<Command> = parsed
         .callbacks
@@ -251,7 +301,7 @@ async fn receive(
             metrics::counter!("hookrelay_callback_events_total", "source" => name.to_owned()).increment(events as u64);
             count(name, "accepted");
             tracing::debug!(source = name, events, duplicates, "callback accepted");
-            Json(Accepted { accepted: events - duplicates, duplicates }).into_response()
+            Json(Accepted { accepted: events - duplicates, duplicates, skipped }).into_response()
         }
         Err(e) => {
             count(name, "unavailable");
@@ -277,7 +327,7 @@ async fn confirm_subscription(
         Ok(r) if r.status().is_success() => {
             tracing::info!(source = %source.name, topic_arn, "confirmed the SNS subscription");
             count(&source.name, "subscription_confirmed");
-            Json(Accepted { accepted: 0, duplicates: 0 }).into_response()
+            Json(Accepted::NOTHING).into_response()
         }
         Ok(r) => {
             tracing::warn!(source = %source.name, status = %r.status().as_u16(), "SNS subscription confirmation failed");

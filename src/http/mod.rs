@@ -46,6 +46,8 @@ pub struct AppState {
     pub address_policy: crate::delivery::ssrf::AddressPolicy,
     /// Open and click tracking: keys, public URL, machine-hit rules.
     pub tracking: crate::tracking::Tracking,
+    /// `delivery.max_replay`.
+    pub max_replay: usize,
 }
 
 impl std::fmt::Debug for AppState {

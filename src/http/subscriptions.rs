@@ -39,8 +39,6 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 200;
-/// Most messages one replay re-sends.
-pub const MAX_REPLAY: usize = 100_000;
 /// Longest rotation overlap: a week.
 const MAX_OVERLAP_SECONDS: u64 = 7 * 86_400;
 /// Previous secrets kept at most.
@@ -341,12 +339,24 @@ async fn get_subscription(
     Ok(Json(SubscriptionView::of(&load(&state, &id).await?)))
 }
 
-async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<SubscriptionView>, ApiError> {
-    subscription.updated_at = now_ms();
-    if !state.store.update_subscription(&subscription).await? {
-        return Err(not_found());
+/// Writes a subscription read earlier, unless it changed meanwhile (an
+/// automatic disable, a concurrent change): then 409, and nothing is lost.
+async fn store_changes(state: &AppState, subscription: &mut Subscription) -> Result<(), ApiError> {
+    let expected = subscription.updated_at;
+    // Strictly later, so the next writer's expectation is never ambiguous.
+    subscription.updated_at = now_ms().max(expected + 1);
+    if state.store.update_subscription(subscription, expected).await? {
+        state.delivery.subscriptions_changed();
+        return Ok(());
     }
-    state.delivery.subscriptions_changed();
+    match state.store.get_subscription(&subscription.id).await? {
+        None => Err(not_found()),
+        Some(_) => Err(ApiError::Conflict("the subscription changed meanwhile; read it again and retry".into())),
+    }
+}
+
+async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<SubscriptionView>, ApiError> {
+    store_changes(state, &mut subscription).await?;
     Ok(Json(SubscriptionView::of(&subscription)))
 }
 
@@ -357,7 +367,8 @@ async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<S
     params(("id" = String, Path)),
     request_body = UpdateSubscription,
     responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Changed meanwhile (by another request or an automatic disable): read it again and retry", body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn update_subscription(
@@ -431,7 +442,8 @@ async fn delete_subscription(
 #[utoipa::path(
     post, path = "/subscriptions/{id}/enable", tag = "subscriptions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Changed meanwhile (by another request or an automatic disable): read it again and retry", body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn enable_subscription(
@@ -449,7 +461,8 @@ async fn enable_subscription(
 #[utoipa::path(
     post, path = "/subscriptions/{id}/disable", tag = "subscriptions",
     params(("id" = String, Path)),
-    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Changed meanwhile (by another request or an automatic disable): read it again and retry", body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn disable_subscription(
@@ -518,7 +531,8 @@ pub struct RotateSecret {
     params(("id" = String, Path)),
     request_body = RotateSecret,
     responses((status = 200, body = SecretView), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Changed meanwhile (by another request or an automatic disable): read it again and retry", body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn rotate_secret(
@@ -543,11 +557,7 @@ async fn rotate_secret(
         s.previous_secrets.insert(0, PreviousSecret { secret: old, expires_at: now + (overlap as i64) * 1000 });
     }
     s.previous_secrets.truncate(MAX_PREVIOUS);
-    s.updated_at = now;
-    if !state.store.update_subscription(&s).await? {
-        return Err(not_found());
-    }
-    state.delivery.subscriptions_changed();
+    store_changes(&state, &mut s).await?;
     tracing::info!(subscription.id = %id, overlap_seconds = overlap, "subscription secret rotated");
     Ok(Json(secret_view(&s, now)))
 }
@@ -687,16 +697,18 @@ async fn replay(
         limit: 500,
         ..MessageQuery::default()
     };
+    // Counted first, so a range that is too large queues nothing.
+    let max = state.max_replay;
+    if state.store.count_messages(&query, max).await? > max {
+        return Err(ApiError::bad_request(format!(
+            "more than {max} messages in this range (delivery.max_replay); replay a shorter range at a time"
+        )));
+    }
     let mut queued = 0;
     loop {
         let mut page = state.store.list_messages(&query).await?;
         let more = page.len() > query.limit;
         page.truncate(query.limit);
-        if queued + page.len() > MAX_REPLAY {
-            return Err(ApiError::bad_request(format!(
-                "more than {MAX_REPLAY} messages in this range; replay a shorter range at a time"
-            )));
-        }
         let rows: Vec<DeliveryRow> = page
             .iter()
             .map(|m| DeliveryRow {

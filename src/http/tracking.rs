@@ -35,7 +35,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use crate::clock::now_ms;
 use crate::domain::MessageId;
-use crate::ingest::{IngestError, Outcome};
+use crate::ingest::{Command, IngestError, Outcome};
 use crate::tracking::token::TokenKind;
 use crate::tracking::{HitRequest, PIXEL_GIF, SignError, rewrite};
 
@@ -189,6 +189,24 @@ fn record(state: &AppState, kind: TokenKind, token: &str, method: &Method, heade
     if hit.class.is_machine() {
         metrics::counter!("hookrelay_tracking_machine_total", "kind" => kind.as_str(), "class" => hit.class.as_str())
             .increment(1);
+    }
+    // A repeat of a hit queued within the dedupe window would only be
+    // discarded at commit: don't queue it. And tracking never takes more
+    // than half the shared queue, so a hammered link cannot crowd out
+    // provider callbacks.
+    let key = match &hit.command {
+        Command::Event { event, .. } => event.dedupe_key.as_str(),
+        _ => "",
+    };
+    if !state.tracking.recent.first_seen(key, req.now) {
+        metrics::counter!("hookrelay_tracking_hits_total", "kind" => kind.as_str(), "outcome" => "repeat").increment(1);
+        return hit.url;
+    }
+    if state.ingest.depth() * 2 >= state.ingest.capacity() {
+        metrics::counter!("hookrelay_tracking_hits_total", "kind" => kind.as_str(), "outcome" => "dropped")
+            .increment(1);
+        dropped(kind, IngestError::Overloaded);
+        return hit.url;
     }
     match state.ingest.enqueue(vec![hit.command]) {
         Ok(pending) => {

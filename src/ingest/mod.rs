@@ -108,6 +108,11 @@ impl Ingest {
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// Requests the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
 }
 
 /// The answer to queued commands, available once their batch commits.

@@ -33,7 +33,7 @@
 use serde_json::Value;
 
 use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_parts, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::SourceConfig;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -72,14 +72,17 @@ pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Resu
 /// Parses one event or a batch of events.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
     let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
-    let callbacks = match &body {
+    match &body {
         Value::Array(events) => {
-            events.iter().map(|e| parse_event(e, ctx, req.received_at)).collect::<Result<_, _>>()?
+            let mut batch = Batch::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                batch.add(i, parse_event(event, ctx, req.received_at));
+            }
+            batch.finish("empty event batch")
         }
-        Value::Object(_) => vec![parse_event(&body, ctx, req.received_at)?],
-        _ => return Err(ParseError::new("expected an event object or an array of them")),
-    };
-    Ok(Parsed::events(callbacks))
+        Value::Object(_) => Ok(Parsed::events(vec![parse_event(&body, ctx, req.received_at)?])),
+        _ => Err(ParseError::new("expected an event object or an array of them")),
+    }
 }
 
 /// `hardBounce` → `hard_bounce`; snake_case names are unchanged.
@@ -465,6 +468,11 @@ mod tests {
         for bad in [&b""[..], b"{", b"null", b"\"delivered\"", b"[1]", br#"{"email":"a@b"}"#, br#"[{"event":null}]"#] {
             assert!(parse(&post(URL, &h, bad, 0), &context("brevo")).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // Unreadable elements of a batch are left out, the rest recorded.
+        let body = br#"[{"event":null},{"event":"delivered","message-id":"<m1@x>"}]"#;
+        let parsed = parse(&post(URL, &h, body, 0), &context("brevo")).expect("parses");
+        assert_eq!((parsed.callbacks.len(), parsed.skipped), (1, 1));
+        assert!(parsed.skip_reason.expect("a reason").0.starts_with("element 0: "));
     }
 
     proptest! {

@@ -25,7 +25,7 @@
 use serde_json::Value;
 
 use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_parts, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::SourceConfig;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -64,14 +64,17 @@ pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Resu
 /// Parses one event or a group of events.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
     let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
-    let callbacks = match &body {
+    match &body {
         Value::Array(events) => {
-            events.iter().map(|e| parse_event(e, ctx, req.received_at)).collect::<Result<_, _>>()?
+            let mut batch = Batch::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                batch.add(i, parse_event(event, ctx, req.received_at));
+            }
+            batch.finish("empty event group")
         }
-        Value::Object(_) => vec![parse_event(&body, ctx, req.received_at)?],
-        _ => return Err(ParseError::new("expected an event object or an array of them")),
-    };
-    Ok(Parsed::events(callbacks))
+        Value::Object(_) => Ok(Parsed::events(vec![parse_event(&body, ctx, req.received_at)?])),
+        _ => Err(ParseError::new("expected an event object or an array of them")),
+    }
 }
 
 /// `MessageID` in decimal: an integer (or digits in a string), never read
@@ -375,10 +378,14 @@ mod tests {
             b"[1]",
             br#"[{"time":1}]"#,
             br#"{"event":5}"#,
-            br#"[{"event":"sent"},null]"#,
+            br#"[{"event":5},null]"#,
         ] {
             assert!(parse(&post(URL, &h, bad, 0), &context("mailjet")).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // Unreadable elements of a group are left out, the rest recorded.
+        let parsed = parse(&post(URL, &h, br#"[{"event":"sent"},null]"#, 0), &context("mailjet")).expect("parses");
+        assert_eq!((parsed.callbacks.len(), parsed.skipped), (1, 1));
+        assert!(parsed.skip_reason.expect("a reason").0.starts_with("element 1: "));
     }
 
     proptest! {

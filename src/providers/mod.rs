@@ -98,15 +98,69 @@ pub enum Action {
 pub struct Parsed {
     pub callbacks: Vec<Callback>,
     pub action: Option<Action>,
+    /// Elements of a batch that could not be read and were left out, with
+    /// the first one's reason. A batch is refused only when none of it can
+    /// be read: refusing it whole would make the provider retry (and then
+    /// drop) the good events with the bad one.
+    pub skipped: usize,
+    pub skip_reason: Option<ParseError>,
 }
 
 impl Parsed {
     pub fn events(callbacks: Vec<Callback>) -> Self {
-        Parsed { callbacks, action: None }
+        Parsed { callbacks, ..Parsed::default() }
     }
 
     pub fn ignore(why: &'static str) -> Self {
-        Parsed { callbacks: Vec::new(), action: Some(Action::Ignore { why }) }
+        Parsed { action: Some(Action::Ignore { why }), ..Parsed::default() }
+    }
+}
+
+/// Collects the events of a batch body element by element, leaving out the
+/// elements that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    parsed: Parsed,
+}
+
+impl Batch {
+    pub fn with_capacity(n: usize) -> Self {
+        Batch { parsed: Parsed { callbacks: Vec::with_capacity(n), ..Parsed::default() } }
+    }
+
+    pub fn push(&mut self, callback: Callback) {
+        self.parsed.callbacks.push(callback);
+    }
+
+    /// Leaves out element `index` of the batch.
+    pub fn skip(&mut self, index: usize, error: ParseError) {
+        self.parsed.skipped += 1;
+        if self.parsed.skip_reason.is_none() {
+            self.parsed.skip_reason = Some(ParseError::new(format!("element {index}: {error}")));
+        }
+    }
+
+    pub fn add(&mut self, index: usize, result: Result<Callback, ParseError>) {
+        match result {
+            Ok(callback) => self.push(callback),
+            Err(e) => self.skip(index, e),
+        }
+    }
+
+    /// The batch's events; an error when every element was unreadable, and
+    /// `empty` as the reason to ignore a batch that held no events at all.
+    pub fn finish(self, empty: &'static str) -> Result<Parsed, ParseError> {
+        let mut parsed = self.parsed;
+        if !parsed.callbacks.is_empty() {
+            return Ok(parsed);
+        }
+        match parsed.skip_reason.take() {
+            Some(reason) if parsed.skipped == 1 => Err(reason),
+            Some(reason) => {
+                Err(ParseError::new(format!("none of the {} events can be read; {reason}", parsed.skipped)))
+            }
+            None => Ok(Parsed::ignore(empty)),
+        }
     }
 }
 

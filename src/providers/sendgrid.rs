@@ -24,7 +24,7 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use serde_json::Value;
 
 use super::common::{self, HttpAuth, check_window, header, json_seconds_to_ms, key_from_id, key_from_parts, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::SourceConfig;
 use crate::domain::{EventKind, MessageId, Reason, Status};
 
@@ -141,17 +141,11 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
         event @ Value::Object(_) => vec![event],
         _ => return Err(ParseError::new("the body is not a JSON array of events")),
     };
-    if events.is_empty() {
-        return Ok(Parsed::ignore("empty event batch"));
+    let mut batch = Batch::with_capacity(events.len());
+    for (i, data) in events.iter().enumerate() {
+        batch.add(i, parse_event(data, ctx, req.received_at).map_err(ParseError::new));
     }
-    let callbacks = events
-        .iter()
-        .enumerate()
-        .map(|(i, data)| {
-            parse_event(data, ctx, req.received_at).map_err(|e| ParseError::new(format!("event {i}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Parsed::events(callbacks))
+    batch.finish("empty event batch")
 }
 
 /// SendGrid names the servers that handled a message in the segments of
@@ -816,12 +810,18 @@ mod tests {
         for (bad, why) in [
             (&b"not json"[..], "the body is not JSON"),
             (b"42", "the body is not a JSON array of events"),
-            (b"[1]", "event 0: not an object"),
-            (br#"[{"event":"open"},{"email":"x@example.com"}]"#, "event 1: missing `event`"),
-            (br#"[{"event":7}]"#, "event 0: missing `event`"),
+            (b"[1]", "element 0: not an object"),
+            (br#"[{"event":7}]"#, "element 0: missing `event`"),
+            (br#"[{"event":7},2]"#, "none of the 2 events can be read; element 0: missing `event`"),
         ] {
             assert_eq!(parse(&post(URL, &h, bad, 0), &ctx), Err(ParseError::new(why)));
         }
+        // One unreadable element does not cost the batch its readable events.
+        let body = br#"[{"event":"open","sg_message_id":"m1.filter1"},{"email":"x@example.com"},3]"#;
+        let parsed = parse(&post(URL, &h, body, 0), &ctx).expect("the readable part parses");
+        assert_eq!(parsed.callbacks.len(), 1);
+        assert_eq!(parsed.skipped, 2);
+        assert_eq!(parsed.skip_reason, Some(ParseError::new("element 1: missing `event`")));
     }
 
     proptest! {

@@ -308,11 +308,11 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
             check_sns_url(subscribe_url, SnsUrl::Subscribe)
                 .map_err(|why| ParseError::new(format!("SubscribeURL refused: {why}")))?;
             Ok(Parsed {
-                callbacks: Vec::new(),
                 action: Some(Action::ConfirmSubscription {
                     topic_arn: topic_arn.to_owned(),
                     subscribe_url: subscribe_url.to_owned(),
                 }),
+                ..Parsed::default()
             })
         }
         Some("UnsubscribeConfirmation") => Ok(Parsed::ignore("SNS unsubscribe confirmation")),

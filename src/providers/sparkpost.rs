@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_id, key_from_parts, rfc3339_to_ms, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::SourceConfig;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -57,27 +57,25 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
         Value::Object(_) => std::slice::from_ref(&body),
         _ => return Err(ParseError::new("expected a JSON array of events")),
     };
-    let mut callbacks = Vec::new();
+    let mut batch = Batch::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let msys = item
-            .get("msys")
-            .and_then(Value::as_object)
-            .ok_or_else(|| ParseError::new(format!("element {i} has no msys object")))?;
+        let Some(msys) = item.get("msys").and_then(Value::as_object) else {
+            batch.skip(i, ParseError::new("no msys object"));
+            continue;
+        };
         for (class, data) in msys {
             // Inbound mail (relay webhooks) is not about a message hookrelay tracks.
             if class == "relay_event" {
                 continue;
             }
             if !data.is_object() {
-                return Err(ParseError::new(format!("element {i}: the event is not an object")));
+                batch.skip(i, ParseError::new("the event is not an object"));
+                continue;
             }
-            callbacks.push(parse_event(class, data, ctx, req.received_at, i)?);
+            batch.add(i, parse_event(class, data, ctx, req.received_at));
         }
     }
-    if callbacks.is_empty() {
-        return Ok(Parsed::ignore("SparkPost ping or inbound relay events"));
-    }
-    Ok(Parsed::events(callbacks))
+    batch.finish("SparkPost ping or inbound relay events")
 }
 
 /// A field SparkPost may send as a string or a number, as text.
@@ -132,14 +130,8 @@ fn error_text(data: &Value) -> String {
     }
 }
 
-fn parse_event(
-    class: &str,
-    data: &Value,
-    ctx: &ParseContext,
-    received_at: i64,
-    index: usize,
-) -> Result<Callback, ParseError> {
-    let name = str_field(data, "type").ok_or_else(|| ParseError::new(format!("element {index}: missing type")))?;
+fn parse_event(class: &str, data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
+    let name = str_field(data, "type").ok_or_else(|| ParseError::new("missing type"))?;
     // Unix seconds as a string, though generation events carry RFC 3339.
     let ts = data
         .get("timestamp")
@@ -461,6 +453,11 @@ mod tests {
         ] {
             assert!(parse_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        // Unreadable elements of a batch are left out, the rest recorded.
+        let body = br#"[{"nope":{}},{"msys":{"message_event":{"type":"delivery","transmission_id":"7"}}},{"msys":{"track_event":3}}]"#;
+        let parsed = parse_body(body).expect("parses");
+        assert_eq!((parsed.callbacks.len(), parsed.skipped), (1, 2));
+        assert_eq!(parsed.skip_reason, Some(ParseError::new("element 0: no msys object")));
     }
 
     proptest! {

@@ -17,10 +17,10 @@
 //! on top.
 //!
 //! Replays: the scheme carries no timestamp or nonce, so there is no window
-//! to check. Replaying a genuine callback records nothing new: it gets the
-//! dedupe key it had the first time. (`I-Twilio-Idempotency-Token`, used as
-//! the key when present, is not signed: a replay with a changed token adds a
-//! copy of an event already recorded, which cannot move the status further.)
+//! to check. Replaying a genuine callback records nothing new: its dedupe key
+//! comes only from signed fields (MessageSid, status, ErrorCode), so it is
+//! the key it had the first time. `I-Twilio-Idempotency-Token` is not used:
+//! it is not signed, and a replay with a fresh token would add copies.
 //!
 //! Correlation: hookrelay's id travels in the query of the per-message
 //! `StatusCallback` URL (`.../callbacks/twilio?hookrelay_id=<id>`), which
@@ -44,7 +44,7 @@ use serde_json::{Map, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::common::{self, HttpAuth, ct_eq, key_from_id, key_from_parts};
+use super::common::{self, HttpAuth, ct_eq, key_from_parts};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::{Secret, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
@@ -204,10 +204,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
         .find(|(k, _)| *k == ctx.id_field.as_str())
         .map(|(_, v)| v.into_owned());
 
-    let key = match req.headers.get("i-twilio-idempotency-token").and_then(|v| v.to_str().ok()).map(str::trim) {
-        Some(token) if !token.is_empty() => key_from_id(ctx, token),
-        _ => key_from_parts(ctx, &[sid.as_bytes(), status.as_bytes(), error_code.as_bytes()]),
-    };
+    let key = key_from_parts(ctx, &[sid.as_bytes(), status.as_bytes(), error_code.as_bytes()]);
     let (kind, why) = match status.to_ascii_lowercase().as_str() {
         "queued" | "sending" | "sent" | "accepted" | "scheduled" => (EventKind::Status(Status::Sent), None),
         "delivered" => (EventKind::Status(Status::Delivered), None),
@@ -511,11 +508,18 @@ mod tests {
 
     #[test]
     fn dedupe_keys() {
+        // The unsigned idempotency header never makes the key: a replay
+        // with a fresh token is still the same event.
         let h = String::from_utf8(fixture("twilio", "status-delivered.headers")).expect("utf-8");
         let with_token = parse_body(&body("status-delivered"), &h, URL);
-        assert_eq!(with_token.event.dedupe_key, "twilio:5f1b8a52-0c54-4a30-9a43-6a1f2d1e9b07");
-        // Without the token: stable across retries (time of receipt and URL
-        // do not matter), distinct per status and error code.
+        let other_token = h.replace("5f1b8a52-0c54-4a30-9a43-6a1f2d1e9b07", "00000000-0000-4000-8000-000000000000");
+        assert_eq!(
+            with_token.event.dedupe_key,
+            parse_body(&body("status-delivered"), &other_token, URL).event.dedupe_key
+        );
+        assert_eq!(with_token.event.dedupe_key, parse_fixture("status-delivered").event.dedupe_key);
+        // Stable across retries (time of receipt and URL do not matter),
+        // distinct per status and error code.
         let a = parse_fixture("status-undelivered-30003");
         let h = axum::http::HeaderMap::new();
         let b = body("status-undelivered-30003");

@@ -200,6 +200,10 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Up to `query.limit + 1` messages.
     async fn list_messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, StoreError>;
 
+    /// How many messages match `query` (its position and limit ignored),
+    /// counting no further than `cap + 1`.
+    async fn count_messages(&self, query: &MessageQuery, cap: usize) -> Result<usize, StoreError>;
+
     /// The history of a message in order, `None` when the message is unknown.
     async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
 
@@ -226,8 +230,15 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Subscription>, StoreError>;
 
-    /// Replaces a subscription's settings; false when it does not exist.
-    async fn update_subscription(&self, subscription: &Subscription) -> Result<bool, StoreError>;
+    /// Replaces a subscription's settings if it is unchanged since it was
+    /// read (its `updated_at` is still `expected_updated_at`); false when it
+    /// changed meanwhile or does not exist. `failing_since` is the worker's:
+    /// it is only cleared, when a disabled subscription is enabled.
+    async fn update_subscription(
+        &self,
+        subscription: &Subscription,
+        expected_updated_at: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes a subscription and its deliveries; false when it did not exist.
     async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError>;
@@ -235,8 +246,10 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Leases due deliveries of enabled subscriptions, oldest first.
     async fn claim_deliveries(&self, claim: &Claim) -> Result<Vec<Job>, StoreError>;
 
-    /// Records attempt outcomes (for deliveries still leased to `worker`),
-    /// releases leases not used, and applies subscription health: a success
+    /// Records attempt outcomes and logs the attempts (for deliveries still
+    /// holding the lease each attempt ran under: this `worker`, that
+    /// `lease_until`), releases leases
+    /// not used (the same way), and applies subscription health: a success
     /// clears `failing_since`, a failure starts it, a subscription failing
     /// longer than `disable_after` ms or answering 410 is disabled. Returns
     /// the subscriptions it disabled.
@@ -245,7 +258,7 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         worker: &str,
         now: i64,
         records: &[Recorded],
-        released: &[DeliveryId],
+        released: &[(DeliveryId, i64)],
         health: &[(SubscriptionId, Health)],
         disable_after: i64,
     ) -> Result<Vec<Disabled>, StoreError>;
@@ -657,6 +670,13 @@ pub(crate) fn list_query(q: &MessageQuery, placeholder: fn(usize) -> String) -> 
         parts.join(" UNION ALL ")
     );
     (sql, params)
+}
+
+/// `SELECT count(*)` over the list query, bounded by `cap + 1` rows.
+pub(crate) fn count_query(q: &MessageQuery, cap: usize, placeholder: fn(usize) -> String) -> (String, Vec<Param>) {
+    let bounded = MessageQuery { after: None, limit: cap, ..q.clone() };
+    let (sql, params) = list_query(&bounded, placeholder);
+    (format!("SELECT count(*) FROM ({sql}) AS counted"), params)
 }
 
 /// One ordered, limited scan for at most one status.

@@ -293,6 +293,15 @@ impl Store for PgStore {
         rows.iter().map(decode_message).collect()
     }
 
+    async fn count_messages(&self, query: &MessageQuery, cap: usize) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let (sql, params) = super::count_query(query, cap, |n| format!("${n}"));
+        let params = to_sql_params(&params);
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let row = client.query_one(&sql, &refs).await.map_err(classify)?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX))
+    }
+
     async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         let client = self.client().await?;
         let stmt = client
@@ -417,15 +426,16 @@ impl Store for PgStore {
         rows.iter().map(decode_subscription).collect()
     }
 
-    async fn update_subscription(&self, sub: &Subscription) -> Result<bool, StoreError> {
+    async fn update_subscription(&self, sub: &Subscription, expected_updated_at: i64) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let c = SubscriptionColumns::of(sub);
         let stmt = client
             .prepare_cached(
                 "UPDATE subscriptions SET url = $2, description = $3, statuses = $4, all_events = $5, \
                    signature_scheme = $6, secret = $7, previous_secrets = $8, headers = $9, enabled = $10, \
-                   disabled_reason = $11, max_in_flight = $12, rate_limit_per_second = $13, failing_since = $14, \
-                   updated_at = $15 WHERE id = $1",
+                   disabled_reason = $11, max_in_flight = $12, rate_limit_per_second = $13, \
+                   failing_since = CASE WHEN NOT enabled AND $10 THEN NULL ELSE failing_since END, \
+                   updated_at = $15 WHERE id = $1 AND updated_at = $14",
             )
             .await
             .map_err(classify)?;
@@ -446,7 +456,7 @@ impl Store for PgStore {
                     &c.disabled_reason,
                     &c.max_in_flight,
                     &c.rate_limit_per_second,
-                    &c.failing_since,
+                    &expected_updated_at,
                     &c.updated_at,
                 ],
             )
@@ -474,7 +484,7 @@ impl Store for PgStore {
             let sql = format!(
                 "WITH due AS ( \
                    SELECT d.id FROM deliveries d \
-                   WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= $1 \
+                   WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= $1 AND d.kind <> 'test' \
                      AND (d.locked_until IS NULL OR d.locked_until < $1) \
                      AND NOT (d.subscription_id = ANY($4)) \
                      AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled) \
@@ -506,7 +516,7 @@ impl Store for PgStore {
         worker: &str,
         now: i64,
         records: &[Recorded],
-        released: &[DeliveryId],
+        released: &[(DeliveryId, i64)],
         health: &[(SubscriptionId, Health)],
         disable_after: i64,
     ) -> Result<Vec<Disabled>, StoreError> {
@@ -524,7 +534,9 @@ impl Store for PgStore {
             let mut a_start = Vec::with_capacity(n);
             let mut a_latency = Vec::with_capacity(n);
             let mut a_excerpt = Vec::with_capacity(n);
+            let mut leases = Vec::with_capacity(n);
             for r in records {
+                leases.push(r.lease_until);
                 ids.push(r.id.as_str());
                 states.push(r.state.as_str());
                 attempts.push(i64::from(r.attempts));
@@ -536,47 +548,54 @@ impl Store for PgStore {
                 a_latency.push(r.attempt.latency_ms);
                 a_excerpt.push(r.attempt.response_excerpt.as_deref());
             }
+            // The attempt is logged only for deliveries whose outcome was
+            // written: under a lost lease another worker owns the delivery
+            // and logs its own attempts.
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next_at, \
-                       locked_until = NULL, locked_by = NULL, last_status = u.status, last_error = u.error, \
-                       updated_at = $7::int8, finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7::int8 END \
-                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
-                       AS u(id, state, attempts, next_at, status, error) \
-                     WHERE d.id = u.id AND d.locked_by = $8",
-                )
-                .await
-                .map_err(classify)?;
-            tx.execute(&stmt, &[&ids, &states, &attempts, &next, &statuses, &errors, &now, &worker])
-                .await
-                .map_err(classify)?;
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, error, \
+                    "WITH written AS ( \
+                       UPDATE deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next_at, \
+                         locked_until = NULL, locked_by = NULL, last_status = u.status, last_error = u.error, \
+                         updated_at = $7::int8, \
+                         finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7::int8 END \
+                       FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $9::int8[]) \
+                         AS u(id, state, attempts, next_at, status, error, lease) \
+                       WHERE d.id = u.id AND d.locked_by = $8 AND d.locked_until = u.lease \
+                       RETURNING d.id) \
+                     INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, error, \
                        response_excerpt) \
-                     SELECT u.id, u.attempt, u.started, u.latency, u.status, u.error, u.excerpt \
-                     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[]) \
-                       AS u(id, attempt, started, latency, status, error, excerpt) \
-                     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)",
+                     SELECT a.id, a.attempt, a.started, a.latency, a.status, a.error, a.excerpt \
+                     FROM UNNEST($1::text[], $10::int8[], $11::int8[], $12::int8[], $5::int8[], $6::text[], \
+                       $13::text[]) AS a(id, attempt, started, latency, status, error, excerpt) \
+                     JOIN written w ON w.id = a.id",
                 )
                 .await
                 .map_err(classify)?;
-            tx.execute(&stmt, &[&ids, &a_num, &a_start, &a_latency, &statuses, &errors, &a_excerpt])
-                .await
-                .map_err(classify)?;
+            tx.execute(
+                &stmt,
+                &[
+                    &ids, &states, &attempts, &next, &statuses, &errors, &now, &worker, &leases, &a_num, &a_start,
+                    &a_latency, &a_excerpt,
+                ],
+            )
+            .await
+            .map_err(classify)?;
             if records.iter().any(|r| r.state == DeliveryState::Pending) {
                 tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
             }
         }
         if !released.is_empty() {
-            let ids: Vec<&str> = released.iter().map(DeliveryId::as_str).collect();
+            let ids: Vec<&str> = released.iter().map(|(id, _)| id.as_str()).collect();
+            let leases: Vec<i64> = released.iter().map(|(_, lease)| *lease).collect();
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE id = ANY($1) AND locked_by = $2",
+                    "UPDATE deliveries d SET locked_until = NULL, locked_by = NULL \
+                     FROM UNNEST($1::text[], $3::int8[]) AS u(id, lease) \
+                     WHERE d.id = u.id AND d.locked_by = $2 AND d.locked_until = u.lease",
                 )
                 .await
                 .map_err(classify)?;
-            tx.execute(&stmt, &[&ids, &worker]).await.map_err(classify)?;
+            tx.execute(&stmt, &[&ids, &worker, &leases]).await.map_err(classify)?;
         }
         let mut disabled = Vec::new();
         for (id, h) in health_by_subscription(health) {
@@ -1162,11 +1181,8 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
     }
     // All of them, then the first error in request order: after a failure
     // the later statements only report that the transaction is aborted.
-    let results = futures_util::future::join_all(ops)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<u64>, _>>()
-        .map_err(classify)?;
+    let results =
+        futures_util::future::join_all(ops).await.into_iter().collect::<Result<Vec<u64>, _>>().map_err(classify)?;
     if let Some(i) = events_at
         && results[i] as usize != n
     {

@@ -275,6 +275,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_messages(&self, query: &MessageQuery, cap: usize) -> Result<usize, StoreError> {
+        let (sql, params) = super::count_query(query, cap, |n| format!("?{n}"));
+        self.read(move |conn| {
+            let n: i64 =
+                conn.query_row(&sql, rusqlite::params_from_iter(params.iter()), |r| r.get(0)).map_err(sqlite_error)?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+        .await
+    }
+
     async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         let id = id.clone();
         let kind = kind.map(str::to_owned);
@@ -397,15 +407,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_subscription(&self, sub: &Subscription) -> Result<bool, StoreError> {
-        let values = subscription_params(&SubscriptionColumns::of(sub));
+    async fn update_subscription(&self, sub: &Subscription, expected_updated_at: i64) -> Result<bool, StoreError> {
+        let all = subscription_params(&SubscriptionColumns::of(sub));
+        // id, url, ... rate_limit_per_second (?1-?13), then the new and the
+        // expected updated_at (?14, ?15).
+        let mut values: Vec<rusqlite::types::Value> = all[..13].to_vec();
+        values.push(all[15].clone());
+        values.push(rusqlite::types::Value::Integer(expected_updated_at));
         self.write(move |conn| {
             let n = conn
                 .execute(
                     "UPDATE subscriptions SET url = ?2, description = ?3, statuses = ?4, all_events = ?5, \
                        signature_scheme = ?6, secret = ?7, previous_secrets = ?8, headers = ?9, enabled = ?10, \
-                       disabled_reason = ?11, max_in_flight = ?12, rate_limit_per_second = ?13, failing_since = ?14, \
-                       updated_at = ?16 WHERE id = ?1 AND ?15 IS NOT NULL",
+                       disabled_reason = ?11, max_in_flight = ?12, rate_limit_per_second = ?13, \
+                       failing_since = CASE WHEN NOT enabled AND ?10 THEN NULL ELSE failing_since END, \
+                       updated_at = ?14 WHERE id = ?1 AND updated_at = ?15",
                     rusqlite::params_from_iter(values),
                 )
                 .map_err(sqlite_error)?;
@@ -436,7 +452,7 @@ impl Store for SqliteStore {
                 let sql = format!(
                     "UPDATE deliveries SET locked_until = ?3, locked_by = ?5 WHERE id IN ( \
                        SELECT d.id FROM deliveries d \
-                       WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= ?1 \
+                       WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= ?1 AND d.kind <> 'test' \
                          AND (d.locked_until IS NULL OR d.locked_until < ?1) \
                          AND d.subscription_id NOT IN (SELECT value FROM json_each(?4)) \
                          AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled) \
@@ -468,7 +484,7 @@ impl Store for SqliteStore {
         worker: &str,
         now: i64,
         records: &[Recorded],
-        released: &[DeliveryId],
+        released: &[(DeliveryId, i64)],
         health: &[(SubscriptionId, Health)],
         disable_after: i64,
     ) -> Result<Vec<Disabled>, StoreError> {
@@ -485,19 +501,18 @@ impl Store for SqliteStore {
                         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, locked_until = NULL, \
                            locked_by = NULL, last_status = ?5, last_error = ?6, updated_at = ?7, \
                            finished_at = CASE WHEN ?2 = 'pending' THEN NULL ELSE ?7 END \
-                         WHERE id = ?1 AND locked_by = ?8",
+                         WHERE id = ?1 AND locked_by = ?8 AND locked_until = ?9",
                     )
                     .map_err(sqlite_error)?;
                 let mut attempt = tx
                     .prepare_cached(
                         "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, \
-                           error, response_excerpt) \
-                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)",
+                           error, response_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .map_err(sqlite_error)?;
                 for r in &records {
                     let status = r.attempt.status_code.map(i64::from);
-                    update
+                    let written = update
                         .execute(params![
                             r.id.as_str(),
                             r.state.as_str(),
@@ -506,9 +521,15 @@ impl Store for SqliteStore {
                             status,
                             r.attempt.error,
                             now,
-                            worker
+                            worker,
+                            r.lease_until
                         ])
                         .map_err(sqlite_error)?;
+                    // Under a lost lease another worker owns the delivery
+                    // and logs its own attempts.
+                    if written == 0 {
+                        continue;
+                    }
                     attempt
                         .execute(params![
                             r.id.as_str(),
@@ -523,11 +544,12 @@ impl Store for SqliteStore {
                 }
                 let mut release = tx
                     .prepare_cached(
-                        "UPDATE deliveries SET locked_until = NULL, locked_by = NULL WHERE id = ?1 AND locked_by = ?2",
+                        "UPDATE deliveries SET locked_until = NULL, locked_by = NULL \
+                         WHERE id = ?1 AND locked_by = ?2 AND locked_until = ?3",
                     )
                     .map_err(sqlite_error)?;
-                for id in &released {
-                    release.execute(params![id.as_str(), worker]).map_err(sqlite_error)?;
+                for (id, lease) in &released {
+                    release.execute(params![id.as_str(), worker, lease]).map_err(sqlite_error)?;
                 }
             }
             let mut disabled = Vec::new();

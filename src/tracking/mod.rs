@@ -11,6 +11,7 @@
 //! - [`rewrite`]: links and pixel in an HTML email, with `lol_html`.
 
 pub mod machine;
+pub mod recent;
 pub mod rewrite;
 pub mod target;
 pub mod token;
@@ -48,6 +49,8 @@ pub struct Tracking {
     machine_events_change_status: bool,
     scanner_window_ms: i64,
     dedupe_window_ms: i64,
+    /// Hits queued lately, so repeats are not queued again.
+    pub recent: std::sync::Arc<recent::RecentHits>,
 }
 
 /// Why a URL could not be made.
@@ -95,6 +98,9 @@ impl Tracking {
             scanner_window_ms: i64::try_from(config.scanner_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
             dedupe_window_ms: i64::try_from(config.dedupe_window_seconds.max(1).saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            recent: std::sync::Arc::new(recent::RecentHits::new(
+                i64::try_from(config.dedupe_window_seconds.max(1).saturating_mul(1000)).unwrap_or(i64::MAX),
+            )),
         })
     }
 
@@ -106,6 +112,7 @@ impl Tracking {
             machine_events_change_status: false,
             scanner_window_ms: 0,
             dedupe_window_ms: 60_000,
+            recent: std::sync::Arc::new(recent::RecentHits::new(60_000)),
         }
     }
 

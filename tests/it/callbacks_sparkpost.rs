@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-backend_tests!(an_authenticated_batch_lands_in_the_history, wrong_credentials_are_refused, a_ping_records_nothing);
+backend_tests!(
+    an_authenticated_batch_lands_in_the_history,
+    wrong_credentials_are_refused,
+    a_ping_records_nothing,
+    an_unreadable_element_costs_the_batch_nothing_else
+);
 
 const USER: &str = "hooks";
 const PASSWORD: &str = "sparkpost-webhook-secret";
@@ -77,4 +82,17 @@ async fn a_ping_records_nothing(backend: Backend) {
     assert_eq!((status, body.clone()), (200, json!({"accepted": 0, "duplicates": 0})), "{body}");
     let (_, list) = app.get("/messages").await;
     assert_eq!(list["results"], json!([]));
+}
+
+async fn an_unreadable_element_costs_the_batch_nothing_else(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let mut batch: Vec<Value> = serde_json::from_slice(&fixture("generated-batch.json")).expect("JSON");
+    batch.insert(1, json!({"msys": {"message_event": {"type": 7}}}));
+    let (status, body) = sparkpost(&app, USER, PASSWORD, serde_json::to_vec(&batch).expect("JSON")).await;
+    assert_eq!((status, body.clone()), (200, json!({"accepted": 4, "duplicates": 0, "skipped": 1})), "{body}");
+    assert_eq!(app.history_types("order-sp-1").await, ["SENT", "DELIVERED", "OPENED", "CLICKED"]);
+    // Nothing readable at all is refused, so the sender sees the problem.
+    let bad = serde_json::to_vec(&json!([{"msys": {"message_event": {"type": 7}}}])).expect("JSON");
+    let (status, body) = sparkpost(&app, USER, PASSWORD, bad).await;
+    assert_eq!((status, body["message"].clone()), (400, json!("cannot parse the callback: element 0: missing type")));
 }

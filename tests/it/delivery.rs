@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use hookrelay::config::{Config, DeliveryConfig};
-use hookrelay::delivery::Lease;
 use hookrelay::delivery::client::Client;
 use hookrelay::delivery::dispatcher::Dispatcher;
 use hookrelay::delivery::signing::{WebhookSecret, verify_courier, verify_standard};
 use hookrelay::delivery::ssrf::AddressPolicy;
+use hookrelay::delivery::{AttemptRecord, DeliveryState, Health, Lease, Recorded};
 use hookrelay::domain::{DeliveryId, MessageId, SubscriptionId};
 use hookrelay::ingest::plan::{DeliveryKind, DeliveryRow};
 use serde_json::{Value, json};
@@ -37,6 +37,9 @@ backend_tests!(
     subscription_settings_are_checked,
     shutdown_finishes_attempts_and_releases_the_rest,
     a_subscription_failing_too_long_is_disabled,
+    a_replay_too_large_queues_nothing,
+    outcomes_under_a_lost_lease_are_not_written,
+    concurrent_subscription_changes_conflict,
 );
 
 /// Delivery settings for tests: loopback allowed, quick retries, no jitter.
@@ -599,4 +602,99 @@ async fn a_subscription_failing_too_long_is_disabled(backend: Backend) {
     assert_eq!(s["enabled"], false, "{s}");
     assert!(s["disabled_reason"].as_str().is_some_and(|r| r.contains("every attempt failed")), "{s}");
     assert_eq!(worker.run_once().await, 0, "a disabled subscription's retries wait");
+}
+
+async fn a_replay_too_large_queues_nothing(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        fast(c);
+        c.delivery.max_replay = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    for i in 0..5 {
+        app.register(json!({"id": format!("r{i}")})).await;
+    }
+    app.event("r1", json!({"status": "DELIVERED"})).await;
+    let sink = Sink::start().await;
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    let (status, body) = app.post(&format!("/subscriptions/{sub}/replay"), json!({"from": 0})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("more than 3 messages")), "{body}");
+    assert!(deliveries(&app, &sub).await.is_empty(), "a refused replay queues nothing");
+    // A narrower selection fits.
+    let (status, body) =
+        app.post(&format!("/subscriptions/{sub}/replay"), json!({"from": 0, "statuses": ["DELIVERED"]})).await;
+    assert_eq!((status, body["queued"].clone()), (202, json!(1)), "{body}");
+}
+
+/// A worker whose lease ran out (and was taken over) must not overwrite the
+/// delivery, nor release another worker's lease.
+async fn outcomes_under_a_lost_lease_are_not_written(backend: Backend) {
+    let Some((app, _worker)) = driven(backend, vec![0.0]).await else { return };
+    let (sub, _) = subscribe(&app, json!({"url": "http://127.0.0.1:9/"})).await;
+    let subscription_id = SubscriptionId::parse(&sub).expect("id");
+    let now = hookrelay::clock::now_ms();
+    let row = DeliveryRow {
+        id: DeliveryId::generate(),
+        subscription_id: subscription_id.clone(),
+        message_id: MessageId::parse("leased").expect("id"),
+        seq: 1,
+        kind: DeliveryKind::Status,
+        payload: b"{}".to_vec(),
+        created_at: now,
+    };
+    let lease = Lease { worker: "w_one".into(), until: now + 60_000 };
+    app.store.insert_deliveries(std::slice::from_ref(&row), Some(&lease)).await.expect("insert");
+    let recorded = |lease_until: i64| Recorded {
+        id: row.id.clone(),
+        subscription_id: subscription_id.clone(),
+        lease_until,
+        state: DeliveryState::Succeeded,
+        attempts: 1,
+        next_attempt_at: None,
+        attempt: AttemptRecord {
+            attempt: 1,
+            started_at: now,
+            latency_ms: 3,
+            status_code: Some(200),
+            error: None,
+            response_excerpt: None,
+        },
+    };
+    let state = || async {
+        let (summary, _, attempts) = app.store.get_delivery(&row.id).await.expect("read").expect("exists");
+        (summary.state, summary.leased_until, attempts.len())
+    };
+    let health = [(subscription_id.clone(), Health::Succeeded)];
+    // Another lease (an earlier one of the same worker) or another worker: nothing is written.
+    app.store.record_attempts("w_one", now, &[recorded(now + 1)], &[], &health, i64::MAX).await.expect("record");
+    app.store.record_attempts("w_two", now, &[recorded(lease.until)], &[], &health, i64::MAX).await.expect("record");
+    app.store.record_attempts("w_one", now, &[], &[(row.id.clone(), now + 1)], &[], i64::MAX).await.expect("release");
+    assert_eq!(state().await, (DeliveryState::Pending, Some(lease.until), 0));
+    // The lease the attempt ran under: written.
+    app.store.record_attempts("w_one", now, &[recorded(lease.until)], &[], &health, i64::MAX).await.expect("record");
+    assert_eq!(state().await, (DeliveryState::Succeeded, None, 1));
+}
+
+async fn concurrent_subscription_changes_conflict(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let (sub, _) = subscribe(&app, json!({"url": "http://127.0.0.1:9/"})).await;
+    let id = SubscriptionId::parse(&sub).expect("id");
+    let read = app.store.get_subscription(&id).await.expect("read").expect("exists");
+    let mut first = read.clone();
+    first.description = Some("first".into());
+    first.updated_at = read.updated_at + 1;
+    assert!(app.store.update_subscription(&first, read.updated_at).await.expect("update"));
+    // A writer that read before the first change loses, and changes nothing.
+    let mut second = read.clone();
+    second.enabled = false;
+    second.updated_at = read.updated_at + 2;
+    assert!(!app.store.update_subscription(&second, read.updated_at).await.expect("update"));
+    let (_, view) = app.get(&format!("/subscriptions/{sub}")).await;
+    assert_eq!((view["description"].clone(), view["enabled"].clone()), (json!("first"), json!(true)), "{view}");
+    // Through the API, each change reads the latest version first.
+    let (status, view) = app.patch(&format!("/subscriptions/{sub}"), json!({"description": "third"})).await;
+    assert_eq!((status, view["description"].clone()), (200, json!("third")), "{view}");
 }

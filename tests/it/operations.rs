@@ -90,6 +90,7 @@ async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppStat
         delivery,
         address_policy: Default::default(),
         tracking: hookrelay::tracking::Tracking::disabled(),
+        max_replay: 100_000,
     });
     (state, writer)
 }

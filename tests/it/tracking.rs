@@ -179,6 +179,9 @@ async fn a_rewritten_email_is_opened_and_clicked(backend: Backend) {
     // A repeat within the dedupe window is one event, not two.
     let again = hit(&client, reqwest::Method::GET, &links[0], Some(BROWSER)).await;
     assert_eq!(again.status(), 302);
+    // It is recognised at the edge and never queued.
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("send").text().await.expect("text");
+    assert!(metrics.contains(r#"hookrelay_tracking_hits_total{kind="click",outcome="repeat"}"#), "{metrics}");
     // A different agent class in the same window is a separate event,
     // which, once seen, shows the repeat before it was committed too.
     hit(&client, reqwest::Method::GET, &links[0], Some("curl/8.5.0")).await;
@@ -507,6 +510,7 @@ async fn overload_never_blocks_a_hit() {
         delivery,
         address_policy: Default::default(),
         tracking: tracking.clone(),
+        max_replay: 100_000,
     });
     let app = router(state.clone(), 1 << 20);
     let id = hookrelay::domain::MessageId::parse("busy").expect("id");
