@@ -296,7 +296,10 @@ impl Dispatcher {
             policy,
             Duration::from_millis(config.connect_timeout_ms),
             settings.timeout,
-            config.default_max_in_flight as usize,
+            // Several subscriptions may share a host: keep as many idle
+            // connections as attempts can run at once, so none is closed
+            // only to be opened again.
+            config.concurrency,
         );
         let worker = format!("w_{}", uuid::Uuid::now_v7().simple());
         let (tx, handoff_rx) = mpsc::channel(1_024);

@@ -74,6 +74,39 @@ pub struct MessageQuery {
     pub limit: usize,
 }
 
+impl MessageQuery {
+    /// One query per kind of filter the API offers, alone and combined
+    /// (the plan check runs each of them).
+    #[doc(hidden)]
+    pub fn examples() -> Vec<MessageQuery> {
+        let text = |s: &str| Some(s.to_owned());
+        let base = MessageQuery { limit: 50, ..MessageQuery::default() };
+        let after = Some((1_700_000_000_000, MessageId::from_trusted("m".into())));
+        vec![
+            base.clone(),
+            MessageQuery { after: after.clone(), ..base.clone() },
+            MessageQuery { statuses: vec![Status::Delivered], after: after.clone(), ..base.clone() },
+            MessageQuery { statuses: vec![Status::Delivered, Status::Opened, Status::Clicked], ..base.clone() },
+            MessageQuery { recipient: text("a@example.com"), after: after.clone(), ..base.clone() },
+            MessageQuery { notification: text("welcome"), ..base.clone() },
+            MessageQuery { event: text("signup"), ..base.clone() },
+            MessageQuery { list: text("news"), ..base.clone() },
+            MessageQuery { message_id: Some(MessageId::from_trusted("m".into())), ..base.clone() },
+            MessageQuery { provider: ProviderName::parse("sendgrid").ok(), ..base.clone() },
+            MessageQuery { tag: text("vip"), after: after.clone(), ..base.clone() },
+            MessageQuery { tag: text("vip"), statuses: vec![Status::Delivered, Status::Opened], ..base.clone() },
+            MessageQuery { enqueued_after: Some(1), enqueued_before: Some(2), ..base.clone() },
+            MessageQuery {
+                statuses: vec![Status::Undeliverable],
+                provider: ProviderName::parse("ses").ok(),
+                enqueued_after: Some(1),
+                after,
+                ..base
+            },
+        ]
+    }
+}
+
 /// One history entry as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistoryEntry {

@@ -13,6 +13,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod sql;
+
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
@@ -21,10 +23,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats, DeliverySummary,
-    Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
-    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_attempt, decode_delivery, decode_message,
-    decode_subscription, failing_reason, handoff, health_by_subscription, list_query, message_select_list,
+    Backend, BatchResult, Claim, DeliveryQuery, DeliveryStats, DeliverySummary, Disabled, GONE_REASON, HistoryEntry,
+    MessageColumns, MessageQuery, Param, RetryResult, RowLike, SUBSCRIPTION_COLUMNS, Store, StoreError,
+    SubscriptionColumns, decode_attempt, decode_delivery, decode_message, decode_subscription, failing_reason, handoff,
+    health_by_subscription, list_query,
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
@@ -76,7 +78,7 @@ async fn insert_deliveries(
         return Ok(());
     }
     let arrays = DeliveryArrays::of(rows, lease);
-    let stmt = client.prepare_cached(INSERT_DELIVERIES).await.map_err(classify)?;
+    let stmt = client.prepare_cached(sql::INSERT_DELIVERIES).await.map_err(classify)?;
     client.execute(&stmt, &arrays.params()).await.map_err(classify)?;
     if lease.is_none() {
         client.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
@@ -170,7 +172,8 @@ impl PgStore {
         let statement = config.statement_timeout_ms;
         let lock = (statement / 2).max(50);
         let options = pg.get_options().map(str::to_owned).unwrap_or_default();
-        pg.options(format!("{options} -c statement_timeout={statement} -c lock_timeout={lock}").trim());
+        let planner: String = sql::PLANNER_SETTINGS.iter().map(|(name, value)| format!(" -c {name}={value}")).collect();
+        pg.options(format!("{options} -c statement_timeout={statement} -c lock_timeout={lock}{planner}").trim());
         if pg.get_application_name().is_none() {
             pg.application_name("hookrelay");
         }
@@ -277,8 +280,7 @@ impl Store for PgStore {
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let client = self.client().await?;
-        let sql = format!("SELECT {} FROM messages m WHERE m.id = $1", message_select_list("m"));
-        let stmt = client.prepare_cached(&sql).await.map_err(classify)?;
+        let stmt = client.prepare_cached(sql::get_message()).await.map_err(classify)?;
         let row = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(classify)?;
         row.as_ref().map(decode_message).transpose()
     }
@@ -304,14 +306,7 @@ impl Store for PgStore {
 
     async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT e.ts, e.kind, e.detail FROM messages m \
-                 LEFT JOIN message_events e ON e.message_id = m.id AND ($2::text IS NULL OR e.kind = $2) \
-                 WHERE m.id = $1 ORDER BY e.ts, e.id",
-            )
-            .await
-            .map_err(classify)?;
+        let stmt = client.prepare_cached(sql::HISTORY).await.map_err(classify)?;
         let rows = client.query(&stmt, &[&id.as_str(), &kind]).await.map_err(classify)?;
         if rows.is_empty() {
             return Ok(None);
@@ -477,22 +472,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         let exclude: Vec<&str> = claim.exclude.iter().map(SubscriptionId::as_str).collect();
         let mut jobs = Vec::new();
-        for (lane, limit) in [("d.attempts = 0", claim.first), ("d.attempts > 0", claim.retries)] {
+        for (first_attempts, limit) in [(true, claim.first), (false, claim.retries)] {
             if limit == 0 {
                 continue;
             }
-            let sql = format!(
-                "WITH due AS ( \
-                   SELECT d.id FROM deliveries d \
-                   WHERE d.state = 'pending' AND {lane} AND d.next_attempt_at <= $1 AND d.kind <> 'test' \
-                     AND (d.locked_until IS NULL OR d.locked_until < $1) \
-                     AND NOT (d.subscription_id = ANY($4)) \
-                     AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled) \
-                   ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED) \
-                 UPDATE deliveries d SET locked_until = $3, locked_by = $5 FROM due WHERE d.id = due.id \
-                 RETURNING d.id, d.subscription_id, d.message_id, d.payload, d.attempts"
-            );
-            let stmt = client.prepare_cached(&sql).await.map_err(classify)?;
+            let stmt = client.prepare_cached(sql::claim(first_attempts)).await.map_err(classify)?;
             let rows = client
                 .query(&stmt, &[&claim.now, &(limit as i64), &claim.lease.until, &exclude, &claim.lease.worker])
                 .await
@@ -551,26 +535,7 @@ impl Store for PgStore {
             // The attempt is logged only for deliveries whose outcome was
             // written: under a lost lease another worker owns the delivery
             // and logs its own attempts.
-            let stmt = tx
-                .prepare_cached(
-                    "WITH written AS ( \
-                       UPDATE deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next_at, \
-                         locked_until = NULL, locked_by = NULL, last_status = u.status, last_error = u.error, \
-                         updated_at = $7::int8, \
-                         finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $7::int8 END \
-                       FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $9::int8[]) \
-                         AS u(id, state, attempts, next_at, status, error, lease) \
-                       WHERE d.id = u.id AND d.locked_by = $8 AND d.locked_until = u.lease \
-                       RETURNING d.id) \
-                     INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms, status_code, error, \
-                       response_excerpt) \
-                     SELECT a.id, a.attempt, a.started, a.latency, a.status, a.error, a.excerpt \
-                     FROM UNNEST($1::text[], $10::int8[], $11::int8[], $12::int8[], $5::int8[], $6::text[], \
-                       $13::text[]) AS a(id, attempt, started, latency, status, error, excerpt) \
-                     JOIN written w ON w.id = a.id",
-                )
-                .await
-                .map_err(classify)?;
+            let stmt = tx.prepare_cached(sql::RECORD_ATTEMPTS).await.map_err(classify)?;
             tx.execute(
                 &stmt,
                 &[
@@ -587,14 +552,7 @@ impl Store for PgStore {
         if !released.is_empty() {
             let ids: Vec<&str> = released.iter().map(|(id, _)| id.as_str()).collect();
             let leases: Vec<i64> = released.iter().map(|(_, lease)| *lease).collect();
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE deliveries d SET locked_until = NULL, locked_by = NULL \
-                     FROM UNNEST($1::text[], $3::int8[]) AS u(id, lease) \
-                     WHERE d.id = u.id AND d.locked_by = $2 AND d.locked_until = u.lease",
-                )
-                .await
-                .map_err(classify)?;
+            let stmt = tx.prepare_cached(sql::RELEASE).await.map_err(classify)?;
             tx.execute(&stmt, &[&ids, &worker, &leases]).await.map_err(classify)?;
         }
         let mut disabled = Vec::new();
@@ -662,15 +620,7 @@ impl Store for PgStore {
 
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
-                 AND ($2::text IS NULL OR state = $2) \
-                 AND ($3::int8 IS NULL OR (created_at, id) < ($3, $4)) \
-                 ORDER BY created_at DESC, id DESC LIMIT $5"
-            ))
-            .await
-            .map_err(classify)?;
+        let stmt = client.prepare_cached(sql::list_deliveries()).await.map_err(classify)?;
         let state = q.state.map(DeliveryState::as_str);
         let (after_at, after_id) = match &q.after {
             Some((at, id)) => (Some(*at), Some(id.as_str())),
@@ -688,21 +638,13 @@ impl Store for PgStore {
         id: &DeliveryId,
     ) -> Result<Option<(DeliverySummary, Vec<u8>, Vec<AttemptRecord>)>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = $1"))
-            .await
-            .map_err(classify)?;
+        let stmt = client.prepare_cached(sql::get_delivery()).await.map_err(classify)?;
         let Some(row) = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(classify)? else {
             return Ok(None);
         };
         let summary = decode_delivery(&row)?;
         let payload: Vec<u8> = row.get(14);
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id"
-            ))
-            .await
-            .map_err(classify)?;
+        let stmt = client.prepare_cached(sql::delivery_attempts()).await.map_err(classify)?;
         let attempts = client.query(&stmt, &[&id.as_str()]).await.map_err(classify)?;
         let attempts = attempts.iter().map(decode_attempt).collect::<Result<_, _>>()?;
         Ok(Some((summary, payload, attempts)))
@@ -711,23 +653,14 @@ impl Store for PgStore {
     async fn retry_delivery(&self, id: &DeliveryId, now: i64) -> Result<RetryResult, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
-        let row = tx
-            .query_opt("SELECT state, locked_until FROM deliveries WHERE id = $1 FOR UPDATE", &[&id.as_str()])
-            .await
-            .map_err(classify)?;
+        let row = tx.query_opt(sql::LOCK_DELIVERY, &[&id.as_str()]).await.map_err(classify)?;
         let Some(row) = row else { return Ok(RetryResult::NotFound) };
         let state: String = row.get(0);
         let locked_until: Option<i64> = row.get(1);
         if state == "pending" && locked_until.is_some_and(|t| t > now) {
             return Ok(RetryResult::InFlight);
         }
-        let stmt = tx
-            .prepare_cached(&format!(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = $2, locked_until = NULL, locked_by = NULL, \
-                   finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING {DELIVERY_COLUMNS}"
-            ))
-            .await
-            .map_err(classify)?;
+        let stmt = tx.prepare_cached(sql::retry_delivery()).await.map_err(classify)?;
         let row = tx.query_one(&stmt, &[&id.as_str(), &now]).await.map_err(classify)?;
         tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
         tx.commit().await.map_err(classify)?;
@@ -736,15 +669,7 @@ impl Store for PgStore {
 
     async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
-                   LEAST((SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts = 0), \
-                         (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts > 0))",
-                &[],
-            )
-            .await
-            .map_err(classify)?;
+        let row = client.query_one(sql::DELIVERY_STATS, &[]).await.map_err(classify)?;
         Ok(DeliveryStats { pending: row.get(0), oldest_due: row.get(1) })
     }
 
@@ -837,25 +762,16 @@ type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64
 /// id order, so writers in several processes always lock in the same order),
 /// which of its dedupe keys exist, and the enabled subscriptions.
 async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
-    let lock_sql = format!(
-        "SELECT {} FROM messages m WHERE m.id = ANY($1) \
-           OR (m.provider = ANY($2) AND m.provider_message_id = ANY($3)) \
-           OR m.idempotency_key = ANY($4) \
-         ORDER BY m.id FOR UPDATE",
-        message_select_list("m")
-    );
     // Prepared once per connection; preparing first keeps the pipelined
     // requests below in order.
     let (lock, dedupe, subs) = tokio::try_join!(
-        tx.prepare_cached(&lock_sql),
-        tx.prepare_cached("SELECT dedupe_key FROM message_events WHERE dedupe_key = ANY($1)"),
-        tx.prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled"),
+        tx.prepare_cached(sql::lock_messages()),
+        tx.prepare_cached(sql::EXISTING_DEDUPE_KEYS),
+        tx.prepare_cached(sql::ENABLED_SUBSCRIPTIONS),
     )
     .map_err(classify)?;
     let ids: Vec<&str> = lookups.ids.iter().map(MessageId::as_str).collect();
-    let mut providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
-    providers.sort_unstable();
-    providers.dedup();
+    let providers: Vec<&str> = lookups.provider_refs.iter().map(|r| r.provider.as_str()).collect();
     let pmids: Vec<&str> = lookups.provider_refs.iter().map(|r| r.message_id.as_str()).collect();
     let any_messages = !ids.is_empty() || !pmids.is_empty() || !lookups.idempotency_keys.is_empty();
     let locked = async {
@@ -873,30 +789,18 @@ async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreEr
     let (locked, existing, subscriptions) = tokio::join!(locked, existing, tx.query(&subs, &[]));
     let (locked, existing, subscriptions) =
         (locked.map_err(classify)?, existing.map_err(classify)?, subscriptions.map_err(classify)?);
-    let mut loaded = Loaded::default();
-    for row in &locked {
-        let record = decode_message(row)?;
-        // The provider match is loose (any listed provider with any listed
-        // id): keep only the pairs asked for.
-        let wanted = lookups.ids.contains(&record.id)
-            || record.idempotency_key.as_ref().is_some_and(|k| lookups.idempotency_keys.contains(k))
-            || lookups.provider_refs.iter().any(|r| {
-                record.provider.as_ref() == Some(&r.provider)
-                    && record.provider_message_id.as_deref() == Some(&r.message_id)
-            });
-        if wanted {
-            loaded.messages.push(record);
-        }
-    }
-    loaded.existing_dedupe_keys = existing.iter().map(|r| r.get(0)).collect();
-    for row in subscriptions {
-        loaded.subscriptions.push(SubscriptionFilter {
-            id: SubscriptionId::from_trusted(row.get(0)),
-            statuses: parse_statuses(row.get(1)),
-            all_events: row.get(2),
-        });
-    }
-    Ok(loaded)
+    Ok(Loaded {
+        messages: locked.iter().map(decode_message).collect::<Result<_, _>>()?,
+        existing_dedupe_keys: existing.iter().map(|r| r.get(0)).collect(),
+        subscriptions: subscriptions
+            .iter()
+            .map(|row| SubscriptionFilter {
+                id: SubscriptionId::from_trusted(row.get(0)),
+                statuses: parse_statuses(row.get(1)),
+                all_events: row.get(2),
+            })
+            .collect(),
+    })
 }
 
 /// Column arrays for a multi-row message write.
@@ -981,10 +885,6 @@ impl<'a> MessageArrays<'a> {
 }
 
 /// `UNNEST($1::text[], ...)` matching [`MessageArrays::params`].
-const MESSAGE_UNNEST: &str = "UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
-     $7::int8[], $8::int8[], $9::text[], $10::text[], $11::bool[], $12::text[], $13::text[], $14::text[], \
-     $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[])";
-
 /// Column arrays for a multi-row delivery insert.
 struct DeliveryArrays<'a> {
     ids: Vec<&'a str>,
@@ -1039,30 +939,6 @@ impl<'a> DeliveryArrays<'a> {
     }
 }
 
-const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, \
-       attempts, next_attempt_at, locked_until, locked_by, created_at, updated_at) \
-     SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, $8, $9, u.created, u.created \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
-       AS u(id, sub, msg, seq, kind, payload, created)";
-
-fn insert_messages_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!("INSERT INTO messages ({}) SELECT * FROM {MESSAGE_UNNEST}", super::MESSAGE_COLUMNS.join(", "))
-    })
-}
-
-fn update_messages_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let sets = super::MESSAGE_COLUMNS[1..].iter().map(|c| format!("{c} = u.{c}")).collect::<Vec<_>>().join(", ");
-        format!(
-            "UPDATE messages m SET {sets} FROM {MESSAGE_UNNEST} AS u({}) WHERE m.id = u.id",
-            super::MESSAGE_COLUMNS.join(", ")
-        )
-    })
-}
-
 /// Writes a plan in ONE round trip: every statement is sent at once
 /// (pipelined) and the server runs them in order. Statements are prepared
 /// first (once per connection) so that the requests go out in order.
@@ -1079,23 +955,16 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
         move_deliveries,
         delete_message,
     ) = tokio::try_join!(
-        tx.prepare_cached(insert_messages_sql()),
-        tx.prepare_cached(update_messages_sql()),
-        tx.prepare_cached(
-            "INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
-             ON CONFLICT (dedupe_key) DO NOTHING",
-        ),
-        tx.prepare_cached("DELETE FROM message_tags WHERE message_id = ANY($1)"),
-        tx.prepare_cached(
-            "INSERT INTO message_tags (tag, enqueued_at, message_id) \
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
-        ),
-        tx.prepare_cached(INSERT_DELIVERIES),
-        tx.prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = ANY($1)"),
-        tx.prepare_cached("UPDATE message_events SET message_id = $2 WHERE message_id = $1"),
-        tx.prepare_cached("UPDATE deliveries SET message_id = $2 WHERE message_id = $1"),
-        tx.prepare_cached("DELETE FROM messages WHERE id = ANY($1)"),
+        tx.prepare_cached(sql::insert_messages()),
+        tx.prepare_cached(sql::update_messages()),
+        tx.prepare_cached(sql::INSERT_EVENTS),
+        tx.prepare_cached(sql::DELETE_TAGS),
+        tx.prepare_cached(sql::INSERT_TAGS),
+        tx.prepare_cached(sql::INSERT_DELIVERIES),
+        tx.prepare_cached(sql::CLEAR_MERGED_KEYS),
+        tx.prepare_cached(sql::MOVE_EVENTS),
+        tx.prepare_cached(sql::MOVE_DELIVERIES),
+        tx.prepare_cached(sql::DELETE_MESSAGES),
     )
     .map_err(classify)?;
 

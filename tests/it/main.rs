@@ -15,6 +15,7 @@ mod delivery;
 mod helpers;
 mod messages;
 mod operations;
+mod plans;
 mod shutdown;
 mod sink;
 mod store;
