@@ -48,6 +48,9 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] =
+        [DeliveryState::Pending, DeliveryState::Succeeded, DeliveryState::Failed, DeliveryState::Dead];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
@@ -58,9 +61,7 @@ impl DeliveryState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [DeliveryState::Pending, DeliveryState::Succeeded, DeliveryState::Failed, DeliveryState::Dead]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

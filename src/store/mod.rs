@@ -593,6 +593,29 @@ impl<'a> SubscriptionColumns<'a> {
 pub(crate) const DELIVERY_COLUMNS: &str = "id, subscription_id, message_id, seq, kind, state, attempts, \
      next_attempt_at, locked_until, last_status, last_error, created_at, updated_at, finished_at";
 
+/// A subscription's deliveries, newest first: `{1}` the subscription,
+/// `{2}`/`{3}` the position to continue after, `{4}` the row limit. The
+/// state is written into the text (one statement per state), so that the
+/// index of unfinished deliveries serves a listing of pending, failed or
+/// dead ones.
+pub(crate) fn list_deliveries_query(state: Option<DeliveryState>, placeholder: fn(usize) -> String) -> String {
+    let state = match state {
+        Some(state) => format!("AND state = '{}' ", state.as_str()),
+        None => String::new(),
+    };
+    let p = |n| placeholder(n);
+    format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = {} {state}\
+         AND (CAST({} AS BIGINT) IS NULL OR (created_at, id) < ({}, {})) \
+         ORDER BY created_at DESC, id DESC LIMIT {}",
+        p(1),
+        p(2),
+        p(2),
+        p(3),
+        p(4)
+    )
+}
+
 pub(crate) fn decode_delivery(row: &impl RowLike) -> Result<DeliverySummary, StoreError> {
     let state_text = required(row.text(5)?, "state")?;
     Ok(DeliverySummary {

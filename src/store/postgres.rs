@@ -42,6 +42,7 @@ use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/migrations/0001_init.sql")),
     (2, include_str!("postgres/migrations/0002_settings.sql")),
+    (3, include_str!("postgres/migrations/0003_lean_outbox.sql")),
 ];
 
 /// Serializes migrations between processes starting at once.
@@ -64,26 +65,6 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
     }
-}
-
-/// Inserts outbox rows, leased to `lease`'s holder when given, and wakes
-/// other processes (through `NOTIFY`, delivered at commit) when they may
-/// take them.
-async fn insert_deliveries(
-    client: &impl deadpool_postgres::GenericClient,
-    rows: &[DeliveryRow],
-    lease: Option<&Lease>,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let arrays = DeliveryArrays::of(rows, lease);
-    let stmt = client.prepare_cached(sql::INSERT_DELIVERIES).await.map_err(classify)?;
-    client.execute(&stmt, &arrays.params()).await.map_err(classify)?;
-    if lease.is_none() {
-        client.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
-    }
-    Ok(())
 }
 
 /// Tells every process's worker that subscriptions changed. Best effort: a
@@ -462,8 +443,14 @@ impl Store for PgStore {
     }
 
     async fn delete_subscription(&self, id: &SubscriptionId) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await.map_err(classify)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // The subscription first: its row lock waits for batches fanning out
+        // to it, whose deliveries the next statements then see.
+        let n = tx.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await.map_err(classify)?;
+        tx.execute(sql::DELETE_SUBSCRIPTION_ATTEMPTS, &[&id.as_str()]).await.map_err(classify)?;
+        tx.execute(sql::DELETE_SUBSCRIPTION_DELIVERIES, &[&id.as_str()]).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
         notify_subscriptions(&client).await;
         Ok(n == 1)
     }
@@ -506,106 +493,103 @@ impl Store for PgStore {
     ) -> Result<Vec<Disabled>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
-        if !records.is_empty() {
-            let n = records.len();
-            let mut ids = Vec::with_capacity(n);
-            let mut states = Vec::with_capacity(n);
-            let mut attempts = Vec::with_capacity(n);
-            let mut next = Vec::with_capacity(n);
-            let mut statuses = Vec::with_capacity(n);
-            let mut errors = Vec::with_capacity(n);
-            let mut a_num = Vec::with_capacity(n);
-            let mut a_start = Vec::with_capacity(n);
-            let mut a_latency = Vec::with_capacity(n);
-            let mut a_excerpt = Vec::with_capacity(n);
-            let mut leases = Vec::with_capacity(n);
-            for r in records {
-                leases.push(r.lease_until);
-                ids.push(r.id.as_str());
-                states.push(r.state.as_str());
-                attempts.push(i64::from(r.attempts));
-                next.push(r.next_attempt_at);
-                statuses.push(r.attempt.status_code.map(i64::from));
-                errors.push(r.attempt.error.as_deref());
-                a_num.push(i64::from(r.attempt.attempt));
-                a_start.push(r.attempt.started_at);
-                a_latency.push(r.attempt.latency_ms);
-                a_excerpt.push(r.attempt.response_excerpt.as_deref());
-            }
-            // The attempt is logged only for deliveries whose outcome was
-            // written: under a lost lease another worker owns the delivery
-            // and logs its own attempts.
-            let stmt = tx.prepare_cached(sql::RECORD_ATTEMPTS).await.map_err(classify)?;
-            tx.execute(
-                &stmt,
-                &[
+        let (record, release, healthy, failing, disable_failing, disable_gone) = tokio::try_join!(
+            tx.prepare_cached(sql::RECORD_ATTEMPTS),
+            tx.prepare_cached(sql::RELEASE),
+            tx.prepare_cached(sql::HEALTHY),
+            tx.prepare_cached(sql::FAILING),
+            tx.prepare_cached(sql::DISABLE_FAILING),
+            tx.prepare_cached(sql::DISABLE_GONE),
+        )
+        .map_err(classify)?;
+        let n = records.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut next = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut a_num = Vec::with_capacity(n);
+        let mut a_start = Vec::with_capacity(n);
+        let mut a_latency = Vec::with_capacity(n);
+        let mut a_excerpt = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(n);
+        for r in records {
+            leases.push(r.lease_until);
+            ids.push(r.id.as_str());
+            states.push(r.state.as_str());
+            attempts.push(i64::from(r.attempts));
+            next.push(r.next_attempt_at);
+            statuses.push(r.attempt.status_code.map(i64::from));
+            errors.push(r.attempt.error.as_deref());
+            a_num.push(i64::from(r.attempt.attempt));
+            a_start.push(r.attempt.started_at);
+            a_latency.push(r.attempt.latency_ms);
+            a_excerpt.push(r.attempt.response_excerpt.as_deref());
+        }
+        let released_ids: Vec<&str> = released.iter().map(|(id, _)| id.as_str()).collect();
+        let released_leases: Vec<i64> = released.iter().map(|(_, lease)| *lease).collect();
+        let health = health_by_subscription(health);
+        let with = |wanted: Health| -> Vec<&str> {
+            health.iter().filter(|(_, h)| *h == wanted).map(|(id, _)| id.as_str()).collect()
+        };
+        let (succeeded, failed, gone) = (with(Health::Succeeded), with(Health::Failed), with(Health::Gone));
+        let reason = failing_reason(disable_after);
+        let retries = records.iter().any(|r| r.state == DeliveryState::Pending);
+        let notify = format!("NOTIFY {DELIVERY_CHANNEL}");
+        // Every statement at once (pipelined, run in order by the server).
+        // The attempt is logged only for deliveries whose outcome was
+        // written: under a lost lease another worker owns the delivery and
+        // logs its own attempts.
+        let (recorded, released, cleared, failing, disabled_failing, disabled_gone, notified) = tokio::join!(
+            async {
+                if n == 0 {
+                    return Ok(0);
+                }
+                let params: [&(dyn ToSql + Sync); 13] = [
                     &ids, &states, &attempts, &next, &statuses, &errors, &now, &worker, &leases, &a_num, &a_start,
                     &a_latency, &a_excerpt,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-            if records.iter().any(|r| r.state == DeliveryState::Pending) {
-                tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
-            }
-        }
-        if !released.is_empty() {
-            let ids: Vec<&str> = released.iter().map(|(id, _)| id.as_str()).collect();
-            let leases: Vec<i64> = released.iter().map(|(_, lease)| *lease).collect();
-            let stmt = tx.prepare_cached(sql::RELEASE).await.map_err(classify)?;
-            tx.execute(&stmt, &[&ids, &worker, &leases]).await.map_err(classify)?;
-        }
-        let mut disabled = Vec::new();
-        for (id, h) in health_by_subscription(health) {
-            let id = id.as_str();
-            match h {
-                Health::Succeeded => {
-                    tx.execute(
-                        "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
-                        &[&id],
-                    )
-                    .await
-                    .map_err(classify)?;
+                ];
+                tx.execute(&record, &params).await
+            },
+            async {
+                if released_ids.is_empty() {
+                    return Ok(0);
                 }
-                Health::Failed => {
-                    tx.execute(
-                        "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2) WHERE id = $1",
-                        &[&id, &now],
-                    )
-                    .await
-                    .map_err(classify)?;
-                    let reason = failing_reason(disable_after);
-                    let n = tx
-                        .execute(
-                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $3, updated_at = $2::int8 \
-                             WHERE id = $1 AND enabled AND failing_since <= $2::int8 - $4::int8",
-                            &[&id, &now, &reason, &disable_after],
-                        )
-                        .await
-                        .map_err(classify)?;
-                    if n == 1 {
-                        disabled
-                            .push(Disabled { subscription_id: SubscriptionId::from_trusted(id.to_owned()), reason });
-                    }
+                tx.execute(&release, &[&released_ids, &worker, &released_leases]).await
+            },
+            async { if succeeded.is_empty() { Ok(0) } else { tx.execute(&healthy, &[&succeeded]).await } },
+            async { if failed.is_empty() { Ok(0) } else { tx.execute(&failing, &[&failed, &now]).await } },
+            async {
+                if failed.is_empty() {
+                    return Ok(Vec::new());
                 }
-                Health::Gone => {
-                    let n = tx
-                        .execute(
-                            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3 \
-                             WHERE id = $1 AND enabled",
-                            &[&id, &GONE_REASON, &now],
-                        )
-                        .await
-                        .map_err(classify)?;
-                    if n == 1 {
-                        disabled.push(Disabled {
-                            subscription_id: SubscriptionId::from_trusted(id.to_owned()),
-                            reason: GONE_REASON.to_owned(),
-                        });
-                    }
+                tx.query(&disable_failing, &[&failed, &now, &reason, &disable_after]).await
+            },
+            async {
+                if gone.is_empty() {
+                    return Ok(Vec::new());
                 }
-            }
-        }
+                tx.query(&disable_gone, &[&gone, &GONE_REASON, &now]).await
+            },
+            async { if retries { tx.batch_execute(&notify).await } else { Ok(()) } },
+        );
+        // The first failure in request order: later ones only report that
+        // the transaction is aborted.
+        recorded.map_err(classify)?;
+        released.map_err(classify)?;
+        cleared.map_err(classify)?;
+        failing.map_err(classify)?;
+        let (disabled_failing, disabled_gone) = (disabled_failing.map_err(classify)?, disabled_gone.map_err(classify)?);
+        notified.map_err(classify)?;
+        let mut disabled: Vec<Disabled> = disabled_failing
+            .iter()
+            .map(|row| Disabled { subscription_id: SubscriptionId::from_trusted(row.get(0)), reason: reason.clone() })
+            .collect();
+        disabled.extend(disabled_gone.iter().map(|row| Disabled {
+            subscription_id: SubscriptionId::from_trusted(row.get(0)),
+            reason: GONE_REASON.to_owned(),
+        }));
         if !disabled.is_empty() {
             tx.batch_execute(&format!("NOTIFY {SUBSCRIPTION_CHANNEL}")).await.map_err(classify)?;
         }
@@ -614,20 +598,36 @@ impl Store for PgStore {
     }
 
     async fn insert_deliveries(&self, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        insert_deliveries(&client, rows, lease).await
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut subscriptions: Vec<&str> = rows.iter().map(|r| r.subscription_id.as_str()).collect();
+        subscriptions.sort_unstable();
+        subscriptions.dedup();
+        let locked = tx.query(sql::LOCK_SUBSCRIPTIONS, &[&subscriptions]).await.map_err(classify)?;
+        let live: HashSet<&str> = locked.iter().map(|r| r.get(0)).collect();
+        // Deliveries for a subscription deleted meanwhile would never be sent.
+        let rows: Vec<&DeliveryRow> = rows.iter().filter(|r| live.contains(r.subscription_id.as_str())).collect();
+        let arrays = DeliveryArrays::of(rows.into_iter(), lease);
+        let stmt = tx.prepare_cached(sql::INSERT_DELIVERIES).await.map_err(classify)?;
+        tx.execute(&stmt, &arrays.params()).await.map_err(classify)?;
+        if lease.is_none() {
+            tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
     }
 
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::list_deliveries()).await.map_err(classify)?;
-        let state = q.state.map(DeliveryState::as_str);
+        let stmt = client.prepare_cached(sql::list_deliveries(q.state)).await.map_err(classify)?;
         let (after_at, after_id) = match &q.after {
             Some((at, id)) => (Some(*at), Some(id.as_str())),
             None => (None, None),
         };
         let rows = client
-            .query(&stmt, &[&q.subscription_id.as_str(), &state, &after_at, &after_id, &(q.limit as i64 + 1)])
+            .query(&stmt, &[&q.subscription_id.as_str(), &after_at, &after_id, &(q.limit as i64 + 1)])
             .await
             .map_err(classify)?;
         rows.iter().map(decode_delivery).collect()
@@ -899,7 +899,7 @@ struct DeliveryArrays<'a> {
 }
 
 impl<'a> DeliveryArrays<'a> {
-    fn of(rows: &'a [DeliveryRow], lease: Option<&'a Lease>) -> Self {
+    fn of(rows: impl ExactSizeIterator<Item = &'a DeliveryRow>, lease: Option<&'a Lease>) -> Self {
         let n = rows.len();
         let mut a = DeliveryArrays {
             ids: Vec::with_capacity(n),
@@ -952,7 +952,6 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
         insert_deliveries,
         clear_refs,
         move_events,
-        move_deliveries,
         delete_message,
     ) = tokio::try_join!(
         tx.prepare_cached(sql::insert_messages()),
@@ -963,7 +962,6 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
         tx.prepare_cached(sql::INSERT_DELIVERIES),
         tx.prepare_cached(sql::CLEAR_MERGED_KEYS),
         tx.prepare_cached(sql::MOVE_EVENTS),
-        tx.prepare_cached(sql::MOVE_DELIVERIES),
         tx.prepare_cached(sql::DELETE_MESSAGES),
     )
     .map_err(classify)?;
@@ -1004,7 +1002,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
             owners.push(m.id.as_str());
         }
     }
-    let deliveries = DeliveryArrays::of(&plan.deliveries, lease);
+    let deliveries = DeliveryArrays::of(plan.deliveries.iter(), lease);
     let (new_params, old_params, delivery_params) = (new.params(), old.params(), deliveries.params());
     let event_params: [&(dyn ToSql + Sync); 6] = [&ids, &keys, &ts, &received, &kinds, &details];
     let tag_params: [&(dyn ToSql + Sync); 3] = [&tags, &enqueued, &owners];
@@ -1025,7 +1023,6 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
     }
     for params in &moves {
         ops.push(Box::pin(tx.execute(&move_events, params)));
-        ops.push(Box::pin(tx.execute(&move_deliveries, params)));
     }
     if !merged_away.is_empty() {
         ops.push(Box::pin(tx.execute(&delete_tags, &merged_params)));

@@ -29,7 +29,7 @@ use super::{
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
 use crate::delivery::subscription::Subscription;
-use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
+use crate::delivery::{AttemptRecord, Health, Job, Lease, Recorded};
 use crate::domain::DeliveryId;
 use crate::domain::{MessageId, MessageRecord, SubscriptionId};
 use crate::ingest::Command;
@@ -37,8 +37,11 @@ use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 use crate::store::postgres::{history_entry, parse_statuses};
 
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("sqlite/migrations/0001_init.sql")), (2, include_str!("sqlite/migrations/0002_settings.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("sqlite/migrations/0001_init.sql")),
+    (2, include_str!("sqlite/migrations/0002_settings.sql")),
+    (3, include_str!("sqlite/migrations/0003_lean_outbox.sql")),
+];
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -626,26 +629,14 @@ impl Store for SqliteStore {
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
         let q = q.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = ?1 \
-                     AND (?2 IS NULL OR state = ?2) \
-                     AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
-                     ORDER BY created_at DESC, id DESC LIMIT ?5"
-                ))
-                .map_err(sqlite_error)?;
+            let sql = super::list_deliveries_query(q.state, |n| format!("?{n}"));
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
             let (after_at, after_id) = match &q.after {
                 Some((at, id)) => (Some(*at), Some(id.as_str().to_owned())),
                 None => (None, None),
             };
             let mut rows = stmt
-                .query(params![
-                    q.subscription_id.as_str(),
-                    q.state.map(DeliveryState::as_str),
-                    after_at,
-                    after_id,
-                    q.limit as i64 + 1
-                ])
+                .query(params![q.subscription_id.as_str(), after_at, after_id, q.limit as i64 + 1])
                 .map_err(sqlite_error)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(sqlite_error)? {
@@ -901,12 +892,10 @@ fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
         tx.prepare_cached(sql).and_then(|mut s| s.execute(values)).map_err(sqlite_error)?;
     }
     for (from, into) in &plan.merges {
-        for sql in [
-            "UPDATE message_events SET message_id = ?2 WHERE message_id = ?1",
-            "UPDATE deliveries SET message_id = ?2 WHERE message_id = ?1",
-        ] {
-            tx.prepare_cached(sql).and_then(|mut s| s.execute([from.as_str(), into.as_str()])).map_err(sqlite_error)?;
-        }
+        // Deliveries keep the id they were sent with.
+        tx.prepare_cached("UPDATE message_events SET message_id = ?2 WHERE message_id = ?1")
+            .and_then(|mut s| s.execute([from.as_str(), into.as_str()]))
+            .map_err(sqlite_error)?;
         for sql in ["DELETE FROM message_tags WHERE message_id = ?1", "DELETE FROM messages WHERE id = ?1"] {
             tx.prepare_cached(sql).and_then(|mut s| s.execute([from.as_str()])).map_err(sqlite_error)?;
         }

@@ -226,6 +226,12 @@ async fn an_exhausted_schedule_ends_dead(backend: Backend) {
     assert_eq!(dead["results"].as_array().map(Vec::len), Some(1));
     let (_, ok) = app.get(&format!("/subscriptions/{sub}/deliveries?state=succeeded")).await;
     assert_eq!(ok["results"], json!([]));
+    // Deleting the subscription deletes its deliveries and their attempts.
+    let delivery = list[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.get(&format!("/deliveries/{delivery}")).await.0, 200);
+    assert_eq!(app.delete(&format!("/subscriptions/{sub}")).await, 204);
+    assert_eq!(app.get(&format!("/deliveries/{delivery}")).await.0, 404);
+    assert_eq!((app.db.count("deliveries").await, app.db.count("delivery_attempts").await), (0, 0));
 }
 
 async fn gone_disables_the_subscription_and_client_errors_fail_at_once(backend: Backend) {

@@ -45,6 +45,21 @@ impl TestDb {
             TestDb::Postgres { url, .. } => url.clone(),
         }
     }
+
+    /// Rows in `table`, read directly from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        match self {
+            TestDb::Sqlite { dir } => {
+                let conn = rusqlite::Connection::open(dir.path().join("hookrelay.db")).expect("open");
+                conn.query_row(&sql, [], |r| r.get(0)).expect("count")
+            }
+            TestDb::Postgres { url, .. } => {
+                let client = admin(url).await.expect("connect");
+                client.query_one(&sql, &[]).await.expect("count").get(0)
+            }
+        }
+    }
 }
 
 impl Drop for TestDb {
@@ -98,6 +113,7 @@ fn template_name() -> String {
     let schema = [
         include_str!("../../src/store/postgres/migrations/0001_init.sql"),
         include_str!("../../src/store/postgres/migrations/0002_settings.sql"),
+        include_str!("../../src/store/postgres/migrations/0003_lean_outbox.sql"),
     ]
     .concat();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

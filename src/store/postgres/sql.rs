@@ -16,6 +16,7 @@
 
 use std::sync::OnceLock;
 
+use crate::delivery::DeliveryState;
 use crate::store::{ATTEMPT_COLUMNS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, MessageQuery, message_select_list};
 
 /// Session settings for the store's connections (see the module's notes).
@@ -64,7 +65,19 @@ pub fn lock_messages() -> &'static str {
 pub const EXISTING_DEDUPE_KEYS: &str = "SELECT e.dedupe_key FROM UNNEST($1::text[]) AS k(key), \
      LATERAL (SELECT dedupe_key FROM message_events WHERE dedupe_key = k.key OFFSET 0) e";
 
-pub const ENABLED_SUBSCRIPTIONS: &str = "SELECT id, statuses, all_events FROM subscriptions WHERE enabled";
+/// The subscriptions a batch fans out to, locked against deletion until it
+/// commits (deliveries have no foreign key: one lock per subscription and
+/// batch instead of one check per row).
+pub const ENABLED_SUBSCRIPTIONS: &str =
+    "SELECT id, statuses, all_events FROM subscriptions WHERE enabled FOR KEY SHARE";
+
+/// Locks subscriptions against deletion while deliveries are added for them.
+pub const LOCK_SUBSCRIPTIONS: &str = "SELECT id FROM subscriptions WHERE id = ANY($1) FOR KEY SHARE";
+
+/// A subscription's attempts and deliveries, deleted with it.
+pub const DELETE_SUBSCRIPTION_ATTEMPTS: &str =
+    "DELETE FROM delivery_attempts a USING deliveries d WHERE d.subscription_id = $1 AND a.delivery_id = d.id";
+pub const DELETE_SUBSCRIPTION_DELIVERIES: &str = "DELETE FROM deliveries WHERE subscription_id = $1";
 
 const MESSAGE_UNNEST: &str = "UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
      $7::int8[], $8::int8[], $9::text[], $10::text[], $11::bool[], $12::text[], $13::text[], $14::text[], \
@@ -105,7 +118,6 @@ pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (id, subscription_id
 pub const CLEAR_MERGED_KEYS: &str =
     "UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = ANY($1)";
 pub const MOVE_EVENTS: &str = "UPDATE message_events SET message_id = $2 WHERE message_id = $1";
-pub const MOVE_DELIVERIES: &str = "UPDATE deliveries SET message_id = $2 WHERE message_id = $1";
 pub const DELETE_MESSAGES: &str = "DELETE FROM messages WHERE id = ANY($1)";
 
 /// Due deliveries of one lane (`d.attempts = 0` or `d.attempts > 0`),
@@ -144,20 +156,33 @@ pub const RECORD_ATTEMPTS: &str = "WITH written AS ( \
        response_excerpt) \
      SELECT id, attempt, started, latency, status, error, excerpt FROM written";
 
+/// Subscription health after a round of attempts, one statement per kind
+/// of outcome: a success clears the failure record, a failure starts it, a
+/// subscription failing for longer than `$4` ms, or answering 410, is
+/// disabled (their ids returned).
+pub const HEALTHY: &str =
+    "UPDATE subscriptions SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL";
+pub const FAILING: &str = "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2) WHERE id = ANY($1)";
+pub const DISABLE_FAILING: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $3, updated_at = $2::int8 \
+     WHERE id = ANY($1) AND enabled AND failing_since <= $2::int8 - $4::int8 RETURNING id";
+pub const DISABLE_GONE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3 \
+     WHERE id = ANY($1) AND enabled RETURNING id";
+
 pub const RELEASE: &str = "UPDATE deliveries d SET locked_until = NULL, locked_by = NULL \
      FROM UNNEST($1::text[], $3::int8[]) AS u(id, lease) \
      WHERE d.id = u.id AND d.locked_by = $2 AND d.locked_until = u.lease";
 
-pub fn list_deliveries() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    cached(&SQL, || {
-        format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
-             AND ($2::text IS NULL OR state = $2) \
-             AND ($3::int8 IS NULL OR (created_at, id) < ($3, $4)) \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
-        )
-    })
+pub fn list_deliveries(state: Option<DeliveryState>) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let placeholder = |n: usize| format!("${n}");
+        std::iter::once(None)
+            .chain(DeliveryState::ALL.into_iter().map(Some))
+            .map(|state| crate::store::list_deliveries_query(state, placeholder))
+            .collect()
+    });
+    let at = state.map_or(0, |s| 1 + DeliveryState::ALL.iter().position(|x| *x == s).unwrap_or(0));
+    &all[at]
 }
 
 pub fn get_delivery() -> &'static str {
@@ -204,13 +229,14 @@ pub fn all() -> Vec<String> {
         INSERT_DELIVERIES,
         CLEAR_MERGED_KEYS,
         MOVE_EVENTS,
-        MOVE_DELIVERIES,
         DELETE_MESSAGES,
         claim(true),
         claim(false),
         RECORD_ATTEMPTS,
         RELEASE,
-        list_deliveries(),
+        DELETE_SUBSCRIPTION_ATTEMPTS,
+        DELETE_SUBSCRIPTION_DELIVERIES,
+        list_deliveries(None),
         get_delivery(),
         delivery_attempts(),
         LOCK_DELIVERY,
@@ -220,6 +246,7 @@ pub fn all() -> Vec<String> {
     .into_iter()
     .map(str::to_owned)
     .collect();
+    out.extend(DeliveryState::ALL.into_iter().map(|s| list_deliveries(Some(s)).to_owned()));
     for query in MessageQuery::examples() {
         let placeholder = |n: usize| format!("${n}");
         out.push(crate::store::list_query(&query, placeholder).0);
