@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use hookrelay::config::{Config, DeliveryConfig};
-use hookrelay::delivery::client::Client;
+use hookrelay::delivery::client::{Client, EXCERPT_BYTES};
 use hookrelay::delivery::dispatcher::Dispatcher;
 use hookrelay::delivery::signing::{WebhookSecret, verify_courier, verify_standard};
 use hookrelay::delivery::ssrf::AddressPolicy;
@@ -535,6 +535,58 @@ async fn requests_to_private_addresses_are_refused_at_connect_time() {
     let r = open.post(&format!("http://localhost:{port}/ok"), &[], "{}".into(), 0).await;
     assert_eq!(r.status, Some(204), "{:?}", r.error);
     assert_eq!(sink.next().await.path, "/ok");
+}
+
+#[tokio::test]
+async fn the_client_reports_what_happened() {
+    hookrelay::net::install_crypto_provider();
+    let sink = Sink::start().await;
+    let policy = || AddressPolicy::new(&["127.0.0.1/32".into()]).expect("cidr");
+    let client = Client::new(policy(), Duration::from_secs(2), Duration::from_millis(500), 4);
+    let post = |path: &str| {
+        let url = sink.url(path);
+        let client = client.clone();
+        async move { client.post(&url, &[("x-team", "blue")], "{}".into(), 0).await }
+    };
+
+    // What is sent: the body, the content type, an agent, the extra headers.
+    let r = post("/plain#fragment").await;
+    assert_eq!((r.status, r.error.clone()), (Some(204), None));
+    let got = sink.next().await;
+    assert_eq!((got.path.as_str(), got.body.as_ref()), ("/plain", b"{}".as_slice()));
+    assert_eq!(got.header("content-type"), "application/json");
+    assert!(got.header("user-agent").starts_with("hookrelay/"));
+    assert_eq!(got.header("x-team"), "blue");
+
+    // A large answer is cut to an excerpt.
+    sink.script([Reply::With(200, "x-big", "1", "a".repeat(10_000))]);
+    let r = post("/big").await;
+    let excerpt = r.excerpt.expect("an excerpt");
+    assert_eq!((r.status, excerpt.chars().count()), (Some(200), EXCERPT_BYTES + 1));
+    assert!(excerpt.ends_with('…'));
+
+    // Redirects are reported, not followed; Retry-After is read.
+    sink.script([
+        Reply::With(302, "location", "https://elsewhere.example/", String::new()),
+        Reply::With(503, "retry-after", "120", String::new()),
+    ]);
+    let r = post("/moved").await;
+    assert_eq!(r.status, Some(302));
+    assert_eq!(r.error.as_deref(), Some("status 302: redirects are not followed (to https://elsewhere.example/)"));
+    let r = post("/busy").await;
+    assert_eq!((r.status, r.retry_after), (Some(503), Some(Duration::from_secs(120))));
+    sink.take(3).await;
+
+    // No answer in time, nobody listening, no such URL.
+    sink.script([Reply::Slow(Duration::from_secs(3), 200)]);
+    let r = post("/slow").await;
+    assert_eq!((r.status, r.error.as_deref()), (None, Some("timed out")));
+    assert!(r.latency < Duration::from_secs(2), "{:?}", r.latency);
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let r = client.post(&format!("http://{closed}/"), &[], "{}".into(), 0).await;
+    assert!(r.error.as_deref().is_some_and(|e| e.starts_with("connection failed")), "{:?}", r.error);
+    let r = client.post("not a url", &[], "{}".into(), 0).await;
+    assert!(r.error.as_deref().is_some_and(|e| e.starts_with("invalid URL")), "{:?}", r.error);
 }
 
 async fn shutdown_finishes_attempts_and_releases_the_rest(backend: Backend) {

@@ -21,6 +21,8 @@ pub enum Reply {
     Status(u16),
     /// Wait, then answer.
     Slow(Duration, u16),
+    /// A status, a header and a body.
+    With(u16, &'static str, &'static str, String),
 }
 
 /// One request the sink received.
@@ -65,16 +67,21 @@ async fn handle(State(state): State<AppState>, uri: axum::http::Uri, headers: He
     let now = state.shared.now.fetch_add(1, Ordering::SeqCst) + 1;
     state.shared.most.fetch_max(now, Ordering::SeqCst);
     let reply = state.shared.script.lock().expect("lock").pop_front().unwrap_or(Reply::Status(204));
-    let status = match reply {
-        Reply::Status(s) => s,
+    let (status, extra) = match reply {
+        Reply::Status(s) => (s, None),
         Reply::Slow(wait, s) => {
             tokio::time::sleep(wait).await;
-            s
+            (s, None)
         }
+        Reply::With(s, name, value, body) => (s, Some((name, value, body))),
     };
     state.shared.now.fetch_sub(1, Ordering::SeqCst);
     let _ = state.tx.send(Received { path: uri.path().to_owned(), headers, body, at: Instant::now() });
-    (StatusCode::from_u16(status).expect("status"), format!("sink answered {status}")).into_response()
+    let status = StatusCode::from_u16(status).expect("status");
+    match extra {
+        Some((name, value, body)) => (status, [(name, value)], body).into_response(),
+        None => (status, format!("sink answered {}", status.as_u16())).into_response(),
+    }
 }
 
 impl Sink {
