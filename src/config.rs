@@ -100,6 +100,10 @@ pub struct IngestConfig {
     /// whatever is waiting at once (batches still form under load, while the
     /// previous commit is in progress).
     pub batch_max_wait_ms: u64,
+    /// Batches committing at once on PostgreSQL (SQLite always uses one):
+    /// while one commits, the next forms and commits on another connection
+    /// once a quarter of `batch_max_events` is waiting.
+    pub writers: usize,
     /// `Retry-After` sent with a 503 when the queue is full or the database
     /// is unavailable.
     pub retry_after_seconds: u64,
@@ -114,6 +118,7 @@ impl Default for IngestConfig {
             queue_capacity: 10_000,
             batch_max_events: 1_000,
             batch_max_wait_ms: 0,
+            writers: 2,
             retry_after_seconds: 1,
             commit_timeout_ms: 10_000,
         }
@@ -504,6 +509,15 @@ impl Config {
         }
         if self.database.statement_timeout_ms < 100 {
             return Err(ConfigError::invalid("database.statement_timeout_ms", "must be at least 100"));
+        }
+        if !(1..=16).contains(&self.ingest.writers) {
+            return Err(ConfigError::invalid("ingest.writers", "must be from 1 to 16"));
+        }
+        if self.ingest.writers >= self.database.pool_size {
+            return Err(ConfigError::invalid(
+                "ingest.writers",
+                "must be below database.pool_size: the API and the delivery worker need connections too",
+            ));
         }
         if self.ingest.batch_max_wait_ms > 1_000 {
             return Err(ConfigError::invalid("ingest.batch_max_wait_ms", "must be at most 1000"));

@@ -1,6 +1,10 @@
 //! The ingest pipeline: one bounded queue from every edge to one batch
 //! writer, which applies a whole batch in ONE transaction and only then
-//! answers each waiting request (group commit).
+//! answers each waiting request (group commit). On PostgreSQL the next batch
+//! forms and commits while the previous one is still committing
+//! (`ingest.writers`): the status rules give the same result in any order of
+//! arrival, rows are locked in one order, and two batches that both create
+//! one message settle it by retrying the later one.
 //!
 //! Why group commit: a durable commit costs an fsync. Sharing it between
 //! every request that arrived while the previous commit was in flight turns
@@ -20,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use command::{Command, Outcome, Registration};
@@ -29,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::clock::now_ms;
 use crate::config::IngestConfig;
 use crate::delivery::{self, Lease};
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// Why a submission was not applied. Nothing was acknowledged; the caller
 /// answers 503 (or 500 for `Internal`) and the sender retries.
@@ -71,6 +76,8 @@ impl Ingest {
     pub fn new(store: Arc<dyn Store>, config: &IngestConfig) -> (Ingest, BatchWriter) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
+        // SQLite has one writer: concurrent batches would only queue for it.
+        let writers = if store.backend() == Backend::Sqlite { 1 } else { config.writers.max(1) };
         let writer = BatchWriter {
             store,
             rx,
@@ -78,6 +85,7 @@ impl Ingest {
             max_wait: Duration::from_millis(config.batch_max_wait_ms),
             commit_timeout,
             handoff: None,
+            writers,
         };
         (Ingest { tx, wait: commit_timeout * 3 }, writer)
     }
@@ -144,6 +152,8 @@ pub struct BatchWriter {
     max_wait: Duration,
     commit_timeout: Duration,
     handoff: Option<Handoff>,
+    /// Batches committing at once.
+    writers: usize,
 }
 
 /// Where the writer hands the deliveries it commits, so that their first
@@ -158,8 +168,23 @@ pub struct Handoff {
     pub lease: Duration,
 }
 
-/// How often a batch that lost a race with another process is retried.
+/// How often a batch that lost a race with another writer is retried.
 const CONFLICT_RETRIES: usize = 8;
+
+/// Requests gathered into one transaction.
+struct Batch {
+    sizes: Vec<usize>,
+    replies: Vec<Reply>,
+    commands: Arc<[Command]>,
+}
+
+/// Commits batches and answers their requests; shared by concurrent commits.
+#[derive(Debug)]
+struct Committer {
+    store: Arc<dyn Store>,
+    commit_timeout: Duration,
+    handoff: Option<Handoff>,
+}
 
 impl BatchWriter {
     /// Hands committed deliveries to `handoff` for immediate attempts.
@@ -168,23 +193,56 @@ impl BatchWriter {
         self
     }
 
+    fn committer(&self) -> Committer {
+        Committer { store: self.store.clone(), commit_timeout: self.commit_timeout, handoff: self.handoff.clone() }
+    }
+
     /// Runs until `shutdown` fires, then stops accepting, commits what is
-    /// queued and returns.
+    /// queued and returns once every batch is answered.
+    ///
+    /// A batch starts as soon as the previous one has committed (group
+    /// commit), or earlier, on another connection, when a writer is free and
+    /// a quarter of `batch_max_events` is already waiting: a second
+    /// transaction only pays off when it has that much to carry.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let committer = Arc::new(self.committer());
+        let parallel_min = (self.max_events / 4).max(1);
+        let mut running = JoinSet::new();
+        let mut waiting: Vec<Request> = Vec::new();
+        let mut events = 0;
+        let mut accepting = true;
+        let mut exhausted = false;
         loop {
+            let free = running.len() < self.writers;
+            if !waiting.is_empty() && free && (running.is_empty() || events >= parallel_min || exhausted) {
+                let first = std::mem::take(&mut waiting);
+                events = 0;
+                let batch = self.collect(first).await;
+                let committer = committer.clone();
+                running.spawn(async move { committer.commit(batch).await });
+                continue;
+            }
+            if exhausted && waiting.is_empty() {
+                break;
+            }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                job = self.rx.recv() => match job {
-                    Some(job) => self.run_batch(job).await,
-                    None => return,
+                () = shutdown.cancelled(), if accepting => {
+                    // Refuse new requests; those queued are still committed.
+                    accepting = false;
+                    self.rx.close();
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                job = self.rx.recv(), if !exhausted && events < self.max_events => match job {
+                    Some(job) => {
+                        events += job.commands.len();
+                        waiting.push(job);
+                    }
+                    None => exhausted = true,
                 },
             }
         }
-        self.rx.close();
-        while let Some(job) = self.rx.recv().await {
-            self.run_batch(job).await;
-        }
+        while running.join_next().await.is_some() {}
         tracing::debug!("ingest writer drained");
     }
 
@@ -193,17 +251,18 @@ impl BatchWriter {
     pub async fn run_once(&mut self) -> bool {
         match self.rx.try_recv() {
             Ok(job) => {
-                self.run_batch(job).await;
+                let batch = self.collect(vec![job]).await;
+                self.committer().commit(batch).await;
                 true
             }
             Err(_) => false,
         }
     }
 
-    async fn run_batch(&mut self, first: Request) {
-        let mut jobs = vec![first];
-        let mut events = jobs[0].commands.len();
-        // Take everything already waiting, then optionally linger for more.
+    /// `jobs` and what is queued behind them, up to the batch size (waiting
+    /// up to `max_wait` for more when it is set).
+    async fn collect(&mut self, mut jobs: Vec<Request>) -> Batch {
+        let mut events: usize = jobs.iter().map(|j| j.commands.len()).sum();
         while events < self.max_events {
             match self.rx.try_recv() {
                 Ok(job) => {
@@ -227,7 +286,6 @@ impl BatchWriter {
         }
         metrics::gauge!("hookrelay_ingest_queue_depth").set(self.rx.len() as f64);
         metrics::histogram!("hookrelay_ingest_batch_events").record(events as f64);
-
         let mut sizes = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         let mut commands = Vec::with_capacity(events);
@@ -236,7 +294,13 @@ impl BatchWriter {
             replies.push(job.reply);
             commands.extend(job.commands);
         }
-        let commands: Arc<[Command]> = commands.into();
+        Batch { sizes, replies, commands: commands.into() }
+    }
+}
+
+impl Committer {
+    async fn commit(&self, batch: Batch) {
+        let Batch { sizes, replies, commands } = batch;
         match self.apply(commands.clone()).await {
             Ok(outcomes) => answer(sizes, replies, outcomes),
             Err(e @ (StoreError::Other(_) | StoreError::Conflict(_))) if replies.len() > 1 => {
@@ -260,7 +324,6 @@ impl BatchWriter {
             }
         }
     }
-
     async fn apply(&self, commands: Arc<[Command]>) -> Result<Vec<Outcome>, StoreError> {
         let mut attempt = 0;
         loop {
