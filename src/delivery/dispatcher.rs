@@ -272,6 +272,16 @@ pub struct Dispatcher {
     /// Which subscription each running attempt is for, so a task that
     /// panicked still frees its slot.
     running: HashMap<tokio::task::Id, SubscriptionId>,
+    /// Why the last claim may have left due work in the database: this
+    /// worker had no room, or these lanes had enough queued. Once that
+    /// changes, it claims again without waiting for the poll.
+    held_back: Option<HeldBack>,
+}
+
+#[derive(Debug, Default)]
+struct HeldBack {
+    no_room: bool,
+    lanes: Vec<SubscriptionId>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -283,6 +293,10 @@ impl std::fmt::Debug for Dispatcher {
             .finish_non_exhaustive()
     }
 }
+
+/// Deliveries queued in memory beyond which committed work is left for
+/// claims rather than handed off (each holds its payload, about 1 KB).
+const HANDOFF_QUEUE_LIMIT: usize = 8_192;
 
 impl Dispatcher {
     /// The worker, the ingest writer's hand-off into it, and a handle for the API.
@@ -306,7 +320,13 @@ impl Dispatcher {
         let accepting = Arc::new(AtomicBool::new(true));
         let wake = Arc::new(Notify::new());
         let changed = Arc::new(Notify::new());
-        let handoff = Handoff { tx, accepting: accepting.clone(), worker: worker.clone(), lease: settings.lease };
+        let handoff = Handoff {
+            tx,
+            accepting: accepting.clone(),
+            wake: wake.clone(),
+            worker: worker.clone(),
+            lease: settings.lease,
+        };
         let handle = DeliveryHandle {
             wake: wake.clone(),
             changed: changed.clone(),
@@ -331,6 +351,7 @@ impl Dispatcher {
             queued: 0,
             attempts: JoinSet::new(),
             running: HashMap::new(),
+            held_back: None,
         };
         Ok((dispatcher, handoff, handle))
     }
@@ -366,7 +387,11 @@ impl Dispatcher {
                 claim_due = self.claim(&record_tx).await;
             }
             self.dispatch(&record_tx);
-            self.accepting.store(self.queued < self.settings.concurrency * 4, Ordering::Relaxed);
+            // Hand-offs are taken while the local queue is below a few
+            // batches' worth (a batch of 1,000 events to 4 subscribers is
+            // 4,000 deliveries); beyond that new work waits in the database.
+            self.accepting
+                .store(self.queued < HANDOFF_QUEUE_LIMIT.max(self.settings.concurrency * 4), Ordering::Relaxed);
             metrics::gauge!("hookrelay_delivery_in_flight").set(self.in_flight as f64);
             metrics::gauge!("hookrelay_delivery_local_queue").set(self.queued as f64);
             let token = self.next_token().map(tokio::time::Instant::from_std);
@@ -381,6 +406,7 @@ impl Dispatcher {
                 }
                 Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
                     self.joined(joined, &record_tx);
+                    claim_due |= self.room_again();
                 }
                 Some(jobs) = self.handoff_rx.recv() => {
                     self.enqueue(jobs, &record_tx).await;
@@ -440,6 +466,7 @@ impl Dispatcher {
     async fn claim(&mut self, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
         let room = (self.settings.concurrency * 2).saturating_sub(self.queued);
         if room == 0 {
+            self.held_back = Some(HeldBack { no_room: true, lanes: Vec::new() });
             return false;
         }
         let n = room.min(self.settings.claim_batch);
@@ -454,7 +481,8 @@ impl Dispatcher {
                     || lane.bucket.as_ref().is_some_and(|b| lane.queue.len() as f64 >= b.rate * 2.0)
             })
             .map(|(id, _)| id.clone())
-            .collect();
+            .collect::<Vec<_>>();
+        self.held_back = (!exclude.is_empty()).then(|| HeldBack { no_room: false, lanes: exclude.clone() });
         let now = now_ms();
         let claim = Claim {
             lease: Lease { worker: self.worker.clone(), until: now + self.settings.lease_ms() },
@@ -466,7 +494,9 @@ impl Dispatcher {
         match self.store.claim_deliveries(&claim).await {
             Ok(jobs) => {
                 metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "claim").increment(1);
-                let full = jobs.len() >= first + retries;
+                // Either lane coming back full means there is more to take.
+                let firsts = jobs.iter().filter(|j| j.attempts == 0).count();
+                let full = firsts >= first || jobs.len() - firsts >= retries;
                 if !jobs.is_empty() {
                     metrics::counter!("hookrelay_delivery_claimed_total").increment(jobs.len() as u64);
                     self.enqueue(jobs, record_tx).await;
@@ -478,6 +508,15 @@ impl Dispatcher {
                 false
             }
         }
+    }
+
+    /// Whether what held the last claim back has eased: room for half of
+    /// the local queue again, or a held-back lane down to one round of
+    /// attempts.
+    fn room_again(&self) -> bool {
+        let Some(held) = &self.held_back else { return false };
+        (held.no_room && self.queued < self.settings.concurrency)
+            || held.lanes.iter().any(|id| self.lanes.get(id).is_none_or(|l| l.queue.len() < self.max_in_flight(id)))
     }
 
     fn max_in_flight(&self, id: &SubscriptionId) -> usize {

@@ -164,6 +164,8 @@ pub struct BatchWriter {
 pub struct Handoff {
     pub tx: mpsc::Sender<Vec<delivery::Job>>,
     pub accepting: Arc<AtomicBool>,
+    /// Wakes the worker to claim what was inserted unleased.
+    pub wake: Arc<tokio::sync::Notify>,
     pub worker: String,
     pub lease: Duration,
 }
@@ -333,6 +335,7 @@ impl Committer {
                 worker: h.worker.clone(),
                 until: now + i64::try_from(h.lease.as_millis()).unwrap_or(i64::MAX / 2),
             });
+            let leased = lease.is_some();
             let result =
                 tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now, lease))
                     .await
@@ -348,6 +351,11 @@ impl Committer {
                 Ok(result) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
                     metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "ingest").increment(1);
+                    if !leased && let Some(h) = &self.handoff {
+                        // Inserted unleased while the worker was saturated:
+                        // it claims them as soon as it has room.
+                        h.wake.notify_one();
+                    }
                     if !result.handoff.is_empty()
                         && let Some(h) = &self.handoff
                         && h.tx.try_send(result.handoff).is_err()

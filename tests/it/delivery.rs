@@ -40,6 +40,7 @@ backend_tests!(
     a_replay_too_large_queues_nothing,
     outcomes_under_a_lost_lease_are_not_written,
     concurrent_subscription_changes_conflict,
+    a_backlog_is_claimed_without_waiting_for_the_poll,
 );
 
 /// Delivery settings for tests: loopback allowed, quick retries, no jitter.
@@ -755,4 +756,41 @@ async fn concurrent_subscription_changes_conflict(backend: Backend) {
     // Through the API, each change reads the latest version first.
     let (status, view) = app.patch(&format!("/subscriptions/{sub}"), json!({"description": "third"})).await;
     assert_eq!((status, view["description"].clone()), (200, json!("third")), "{view}");
+}
+
+/// Work committed while the worker was saturated waits in the database; a
+/// claim that comes back full in either lane is followed by another at
+/// once, not by the next poll.
+async fn a_backlog_is_claimed_without_waiting_for_the_poll(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        fast(c);
+        c.delivery.poll_interval_ms = 60_000;
+        c.delivery.claim_batch = 20;
+    })
+    .await
+    else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;
+    let subscription_id = SubscriptionId::parse(&sub).expect("id");
+    let now = hookrelay::clock::now_ms();
+    let rows: Vec<DeliveryRow> = (0..200)
+        .map(|i| DeliveryRow {
+            id: DeliveryId::generate(),
+            subscription_id: subscription_id.clone(),
+            message_id: MessageId::parse(&format!("backlog-{i}")).expect("id"),
+            seq: 1,
+            kind: DeliveryKind::Status,
+            payload: b"{}".to_vec(),
+            created_at: now,
+        })
+        .collect();
+    app.store.insert_deliveries(&rows, None).await.expect("insert");
+    // Enabling wakes the worker, as a commit in this process would.
+    let (status, _) = app.post(&format!("/subscriptions/{sub}/enable"), json!({})).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    assert_eq!(sink.take(200).await.len(), 200);
+    assert!(started.elapsed() < Duration::from_secs(30), "drained by claims, not polls");
 }
