@@ -492,7 +492,7 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
-    use axum::http::HeaderMap;
+    use axum::http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -526,13 +526,15 @@ mod tests {
     /// What SNS sends besides the body: `text/plain`, and the type and id headers.
     fn sns_headers(body: &[u8]) -> HeaderMap {
         let v: Value = serde_json::from_slice(body).unwrap_or_default();
-        let mut text = "Content-Type: text/plain; charset=UTF-8\n".to_owned();
+        let mut map = headers("Content-Type: text/plain; charset=UTF-8");
         for (name, key) in [("x-amz-sns-message-type", "Type"), ("x-amz-sns-message-id", "MessageId")] {
-            if let Some(value) = v.get(key).and_then(Value::as_str) {
-                text.push_str(&format!("{name}: {value}\n"));
+            // A mutated body may hold what no header can (control bytes):
+            // SNS would not send it, so the header is left out.
+            if let Some(value) = v.get(key).and_then(Value::as_str).and_then(|s| HeaderValue::from_str(s).ok()) {
+                map.insert(name, value);
             }
         }
-        headers(&text)
+        map
     }
 
     fn check(body: &[u8], creds: &Credentials) -> Result<(), VerifyError> {
