@@ -1010,68 +1010,120 @@ fn print_report(r: &Report, json_only: bool) {
 /// Every configuration the README reports, in order.
 async fn suite(base: RunArgs, size: f64) -> anyhow::Result<()> {
     let n = |x: usize| ((x as f64 * size).round() as usize).max(1);
+    let single = RunArgs { provider: ProviderArg::Mailgun, concurrency: 64, ..base.clone() };
     let mut runs: Vec<RunArgs> = Vec::new();
     for backend in [BackendArg::Postgres, BackendArg::Sqlite] {
-        let b = RunArgs { backend, ..base.clone() };
         let tag = if backend == BackendArg::Postgres { "pg" } else { "sqlite" };
+        let b = RunArgs { backend, ..single.clone() };
         runs.push(RunArgs {
-            label: format!("{tag} single events"),
-            provider: ProviderArg::Mailgun,
+            label: format!("{tag} ingest, single events"),
             callbacks: n(60_000),
-            concurrency: 64,
+            subscriptions: 0,
             ..b.clone()
         });
         runs.push(RunArgs {
-            label: format!("{tag} batches of 100"),
+            label: format!("{tag} ingest, batches of 100"),
             provider: ProviderArg::Sendgrid,
             batch: 100,
-            callbacks: n(1_500),
+            callbacks: n(2_000),
             concurrency: 16,
+            subscriptions: 0,
             ..b.clone()
         });
         runs.push(RunArgs {
-            label: format!("{tag} paced 1000/s"),
-            provider: ProviderArg::Mailgun,
+            label: format!("{tag} fan-out K=4"),
+            callbacks: n(30_000),
+            concurrency: 256,
+            subscriptions: 4,
+            ..b.clone()
+        });
+        runs.push(RunArgs {
+            label: format!("{tag} paced 1000/s, K=4"),
             callbacks: n(20_000),
-            concurrency: 64,
             rate: 1_000.0,
+            subscriptions: 4,
             ..b.clone()
         });
     }
-    for (i, factor) in [1, 2, 4, 8].into_iter().enumerate() {
+    let pg = RunArgs { backend: BackendArg::Postgres, subscriptions: 4, ..single.clone() };
+    for factor in [1, 2, 4, 8] {
         runs.push(RunArgs {
-            label: format!("pg scale {factor}x"),
-            provider: ProviderArg::Mailgun,
-            callbacks: n(10_000 * factor),
-            concurrency: 64,
-            rate: 1_250.0 * factor as f64,
-            backend: BackendArg::Postgres,
-            ..base.clone()
+            label: format!("pg scale {factor}x ({} /s, K=4)", 750 * factor),
+            callbacks: n(7_500 * factor),
+            concurrency: 256,
+            rate: 750.0 * factor as f64,
+            ..pg.clone()
         });
-        let _ = i;
     }
     runs.push(RunArgs {
-        label: "pg 2 processes".into(),
-        provider: ProviderArg::Mailgun,
+        label: "pg 2 processes, K=0".into(),
         callbacks: n(60_000),
-        concurrency: 64,
         processes: 2,
-        backend: BackendArg::Postgres,
-        ..base.clone()
+        subscriptions: 0,
+        ..pg.clone()
     });
     runs.push(RunArgs {
-        label: "pg with 1M stored".into(),
-        provider: ProviderArg::Mailgun,
+        label: "pg 2 processes, K=4".into(),
         callbacks: n(30_000),
-        concurrency: 64,
+        processes: 2,
+        concurrency: 256,
+        ..pg.clone()
+    });
+    runs.push(RunArgs {
+        label: "pg with 1M stored, K=4".into(),
+        callbacks: n(30_000),
         preload: n(1_000_000),
         queries: 200,
-        backend: BackendArg::Postgres,
-        ..base.clone()
+        ..pg.clone()
     });
+    let mut reports = Vec::new();
     for args in runs {
         let report = run(&args).await.with_context(|| format!("run {}", args.label))?;
         print_report(&report, base.json);
+        reports.push(report);
+    }
+    if !base.json {
+        println!("{}", summary(&reports));
     }
     Ok(())
+}
+
+/// The suite's figures as one Markdown table.
+fn summary(reports: &[Report]) -> String {
+    let mut t = String::from(
+        "| run | callbacks/s | events/s | deliveries/s | ack p50 / p99 ms | callback→sink p50 / p99 / max ms | lost / dup | relay RSS MB | relay CPU s | commits/event |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in reports {
+        let deliveries =
+            if r.deliveries_expected > 0 { format!("{:.0}", r.deliveries_per_second) } else { "–".into() };
+        let e2e = if r.deliveries_expected > 0 {
+            format!("{:.1} / {:.1} / {:.0}", r.end_to_end.p50_ms, r.end_to_end.p99_ms, r.end_to_end.max_ms)
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {} / {} | {:.0} | {:.1} | {:.4} |",
+            r.label,
+            r.callbacks_per_second,
+            r.events_per_second,
+            deliveries,
+            r.ack.p50_ms,
+            r.ack.p99_ms,
+            e2e,
+            r.deliveries_lost,
+            r.deliveries_duplicated,
+            r.relay_peak_rss_mb,
+            r.relay_cpu_seconds,
+            r.db_write_transactions_per_event
+        );
+    }
+    for r in reports.iter().filter(|r| !r.queries.is_empty()) {
+        let _ = writeln!(t, "\n| `GET /messages` ({}) | p50 ms | p99 ms |\n|---|---:|---:|", r.label);
+        for q in &r.queries {
+            let _ = writeln!(t, "| {} | {:.2} | {:.2} |", q.filter, q.p50_ms, q.p99_ms);
+        }
+    }
+    t
 }
