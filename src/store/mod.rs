@@ -97,6 +97,12 @@ impl MessageQuery {
             MessageQuery { tag: text("vip"), statuses: vec![Status::Delivered, Status::Opened], ..base.clone() },
             MessageQuery { enqueued_after: Some(1), enqueued_before: Some(2), ..base.clone() },
             MessageQuery {
+                notification: text("welcome"),
+                statuses: vec![Status::Sent, Status::Delivered],
+                after: after.clone(),
+                ..base.clone()
+            },
+            MessageQuery {
                 statuses: vec![Status::Undeliverable],
                 provider: ProviderName::parse("ses").ok(),
                 enqueued_after: Some(1),
@@ -736,7 +742,16 @@ pub(crate) fn count_query(q: &MessageQuery, cap: usize, placeholder: fn(usize) -
 }
 
 /// One ordered, limited scan for at most one status.
+///
+/// A status together with a column filter (recipient, notification, event,
+/// list, provider) picks the page's ids first from the column's index, which
+/// carries the status, and reads only those rows: checking the status on the
+/// table would read one row per index entry, however few of them match.
 fn scan(q: &MessageQuery, status: Option<Status>, params: &mut Vec<Param>, placeholder: fn(usize) -> String) -> String {
+    let column_filter =
+        [&q.recipient, &q.notification, &q.event, &q.list].iter().any(|v| v.is_some()) || q.provider.is_some();
+    let ids_first = status.is_some() && column_filter && q.tag.is_none() && q.message_id.is_none();
+    let m = if ids_first { "k" } else { "m" };
     let mut conds: Vec<String> = Vec::new();
     let mut bind = |p: Param| {
         params.push(p);
@@ -748,28 +763,30 @@ fn scan(q: &MessageQuery, status: Option<Status>, params: &mut Vec<Param>, place
         let p = bind(Param::Text(tag.clone()));
         conds.push(format!("t.tag = {p}"));
         ("message_tags t JOIN messages m ON m.id = t.message_id", "t.enqueued_at", "t.message_id")
+    } else if ids_first {
+        ("messages k", "k.enqueued_at", "k.id")
     } else {
         ("messages m", "m.enqueued_at", "m.id")
     };
     if let Some(status) = status {
         let p = bind(Param::Text(status.as_str().to_owned()));
-        conds.push(format!("m.status = {p}"));
+        conds.push(format!("{m}.status = {p}"));
     }
     for (column, value) in
-        [("m.recipient", &q.recipient), ("m.notification", &q.notification), ("m.event", &q.event), ("m.list", &q.list)]
+        [("recipient", &q.recipient), ("notification", &q.notification), ("event", &q.event), ("list", &q.list)]
     {
         if let Some(v) = value {
             let p = bind(Param::Text(v.clone()));
-            conds.push(format!("{column} = {p}"));
+            conds.push(format!("{m}.{column} = {p}"));
         }
     }
     if let Some(id) = &q.message_id {
         let p = bind(Param::Text(id.as_str().to_owned()));
-        conds.push(format!("m.id = {p}"));
+        conds.push(format!("{m}.id = {p}"));
     }
     if let Some(provider) = &q.provider {
         let p = bind(Param::Text(provider.as_str().to_owned()));
-        conds.push(format!("m.provider = {p}"));
+        conds.push(format!("{m}.provider = {p}"));
     }
     if let Some(after) = q.enqueued_after {
         let p = bind(Param::Int(after));
@@ -786,10 +803,16 @@ fn scan(q: &MessageQuery, status: Option<Status>, params: &mut Vec<Param>, place
     }
     let limit = bind(Param::Int(q.limit as i64 + 1));
     let where_clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
-    format!(
-        "SELECT {} FROM {from}{where_clause} ORDER BY {order_e} DESC, {order_id} DESC LIMIT {limit}",
-        message_select_list("m")
-    )
+    let page = format!("FROM {from}{where_clause} ORDER BY {order_e} DESC, {order_id} DESC LIMIT {limit}");
+    if ids_first {
+        format!(
+            "SELECT {} FROM (SELECT k.id, k.enqueued_at {page}) AS p JOIN messages m ON m.id = p.id \
+             ORDER BY p.enqueued_at DESC, p.id DESC",
+            message_select_list("m")
+        )
+    } else {
+        format!("SELECT {} {page}", message_select_list("m"))
+    }
 }
 
 #[cfg(test)]
@@ -821,5 +844,33 @@ mod tests {
         let (sql, params) = list_query(&single, |n| format!("?{n}"));
         assert!(!sql.contains("UNION"), "{sql}");
         assert_eq!(params, vec![Param::Text("SENT".into()), Param::Int(6)]);
+    }
+
+    #[test]
+    fn a_status_with_a_column_filter_picks_ids_from_the_index_first() {
+        let q = MessageQuery {
+            statuses: vec![Status::Sent],
+            notification: Some("welcome".into()),
+            after: Some((10, MessageId::parse("m").expect("id"))),
+            limit: 50,
+            ..MessageQuery::default()
+        };
+        let (sql, params) = list_query(&q, |n| format!("${n}"));
+        assert!(
+            sql.contains(
+                "FROM (SELECT k.id, k.enqueued_at FROM messages k WHERE k.status = $1 AND k.notification = $2 \
+                 AND (k.enqueued_at, k.id) < ($3, $4) ORDER BY k.enqueued_at DESC, k.id DESC LIMIT $5) AS p \
+                 JOIN messages m ON m.id = p.id ORDER BY p.enqueued_at DESC, p.id DESC"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 5);
+        // Without a status, or with a tag, the page is read in one pass.
+        for q in
+            [MessageQuery { statuses: Vec::new(), ..q.clone() }, MessageQuery { tag: Some("vip".into()), ..q.clone() }]
+        {
+            let (sql, _) = list_query(&q, |n| format!("${n}"));
+            assert!(!sql.contains("AS p JOIN"), "{sql}");
+        }
     }
 }

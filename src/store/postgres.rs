@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/migrations/0001_init.sql")),
     (2, include_str!("postgres/migrations/0002_settings.sql")),
     (3, include_str!("postgres/migrations/0003_lean_outbox.sql")),
+    (4, include_str!("postgres/migrations/0004_status_in_filter_indexes.sql")),
 ];
 
 /// Serializes migrations between processes starting at once.

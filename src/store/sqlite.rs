@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("sqlite/migrations/0001_init.sql")),
     (2, include_str!("sqlite/migrations/0002_settings.sql")),
     (3, include_str!("sqlite/migrations/0003_lean_outbox.sql")),
+    (4, include_str!("sqlite/migrations/0004_status_in_filter_indexes.sql")),
 ];
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
