@@ -13,7 +13,7 @@
 //!
 //! `hookrelay-bench suite` runs every configuration the README reports.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -200,6 +200,9 @@ struct Report {
     relay_cpu_seconds: f64,
     db_write_transactions: f64,
     db_write_transactions_per_event: f64,
+    /// Write transactions during the run by what they were for (ingest
+    /// batches, delivery claims, delivery outcome batches).
+    db_write_transactions_by_kind: BTreeMap<String, f64>,
     /// Mean events per ingest transaction (the group-commit batch).
     ingest_batch_mean: f64,
     /// Mean time to apply and commit one ingest batch.
@@ -488,6 +491,19 @@ async fn fresh_database(args: &RunArgs) -> anyhow::Result<FreshDatabase> {
     }
 }
 
+/// Runs a checkpoint on the PostgreSQL server, so that the writes of the
+/// previous run (or of the preload) are not flushed during this one. Needs
+/// a superuser (or `pg_checkpoint`); without one the run goes on as is.
+async fn settle(db: &FreshDatabase) {
+    if db.name.is_none() {
+        return;
+    }
+    let checkpoint = async { pg_admin(&db.admin_url).await?.batch_execute("CHECKPOINT").await.map_err(Into::into) };
+    if let Err(e) = checkpoint.await as anyhow::Result<()> {
+        eprintln!("no CHECKPOINT before the run ({e:#}); earlier writes may still be flushing");
+    }
+}
+
 async fn drop_database(db: &FreshDatabase) {
     if let Some(name) = &db.name
         && let Ok(admin) = pg_admin(&db.admin_url).await
@@ -530,9 +546,13 @@ async fn preload(db: &FreshDatabase, backend: BackendArg, n: usize) -> anyhow::R
                      SELECT 't' || (i % 10), {now} - (i * 2592000000 / {n}), 'pre-' || i FROM generate_series(1, {n}) AS g(i); \
                      INSERT INTO message_events (message_id, dedupe_key, ts, received_at, kind, detail) \
                      SELECT 'pre-' || i, 'enqueued:pre-' || i, {now} - (i * 2592000000 / {n}), {now}, 'ENQUEUED', '{{}}' \
-                     FROM generate_series(1, {n}) AS g(i); ANALYZE;"
+                     FROM generate_series(1, {n}) AS g(i);"
                 ))
                 .await?;
+            // What a table that has been in use looks like: vacuumed (its
+            // pages marked all-visible, so index-only scans skip the heap)
+            // and analyzed.
+            client.batch_execute("VACUUM ANALYZE").await?;
         }
         BackendArg::Sqlite => {
             let path = db.url.trim_start_matches("sqlite://").to_owned();
@@ -750,15 +770,22 @@ async fn drive(args: &RunArgs, relays: &[String], signer: Arc<Signer>, sink: &Si
 }
 
 async fn metric_total(client: &Http, relay: &str, name: &str) -> f64 {
+    metric_by_kind(client, relay, name).await.values().sum()
+}
+
+/// The series of metric `name` by their `kind` label (`""` without one).
+async fn metric_by_kind(client: &Http, relay: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
     let Ok((_, body, _)) = request(client, hyper::Method::GET, &format!("{relay}/metrics"), &[], Bytes::new()).await
     else {
-        return 0.0;
+        return out;
     };
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    for line in String::from_utf8_lossy(&body).lines().filter(|l| l.starts_with(name)) {
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        let kind = line.split_once("kind=\"").and_then(|(_, rest)| rest.split_once('"')).map_or("", |(kind, _)| kind);
+        *out.entry(kind.to_owned()).or_insert(0.0) += value;
+    }
+    out
 }
 
 async fn time_queries(client: &Http, relay: &str, per_filter: usize) -> Vec<QueryTiming> {
@@ -840,6 +867,7 @@ async fn run_on(args: &RunArgs, binary: &Path, db: &FreshDatabase) -> anyhow::Re
         bail!("hookrelay migrate failed");
     }
     preload(db, args.backend, args.preload).await?;
+    settle(db).await;
     let mut relays = Vec::new();
     for _ in 0..args.processes.max(1) {
         relays.push(start_relay(binary, &config)?);
@@ -874,9 +902,11 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
             WebhookSecret::parse(created["secret"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         sink.state.secrets.lock().expect("lock").push(secret);
     }
-    let mut commits_before = 0.0;
+    let mut commits_by_kind = BTreeMap::<String, f64>::new();
     for r in relays {
-        commits_before += metric_total(&client, r, "hookrelay_db_write_transactions_total").await;
+        for (kind, n) in metric_by_kind(&client, r, "hookrelay_db_write_transactions_total").await {
+            *commits_by_kind.entry(kind).or_insert(0.0) -= n;
+        }
     }
     let events_per_callback = if args.provider == ProviderArg::Sendgrid { args.batch } else { 1 };
     let expected = args.callbacks * events_per_callback * args.subscriptions;
@@ -896,10 +926,11 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
             break;
         }
     }
-    let mut commits_after = 0.0;
     let (mut batch_sum, mut batch_count, mut commit_sum, mut commit_count) = (0.0, 0.0, 0.0, 0.0);
     for r in relays {
-        commits_after += metric_total(&client, r, "hookrelay_db_write_transactions_total").await;
+        for (kind, n) in metric_by_kind(&client, r, "hookrelay_db_write_transactions_total").await {
+            *commits_by_kind.entry(kind).or_insert(0.0) += n;
+        }
         batch_sum += metric_total(&client, r, "hookrelay_ingest_batch_events_sum").await;
         batch_count += metric_total(&client, r, "hookrelay_ingest_batch_events_count").await;
         commit_sum += metric_total(&client, r, "hookrelay_ingest_commit_seconds_sum").await;
@@ -914,7 +945,7 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
     let last_arrival = state.last_arrival.load(Ordering::Relaxed);
     let delivery_seconds = (last_arrival.saturating_sub(first)) as f64 / 1e6;
     let events = (args.callbacks - load.failed) * events_per_callback;
-    let commits = commits_after - commits_before;
+    let commits: f64 = commits_by_kind.values().sum();
     Ok(Report {
         label: args.label.clone(),
         backend: Some(args.backend),
@@ -945,6 +976,7 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
         relay_cpu_seconds: usage.iter().map(|u| u.1).sum(),
         db_write_transactions: commits,
         db_write_transactions_per_event: if events > 0 { commits / events as f64 } else { 0.0 },
+        db_write_transactions_by_kind: commits_by_kind,
         ingest_batch_mean: if batch_count > 0.0 { batch_sum / batch_count } else { 0.0 },
         ingest_commit_mean_ms: if commit_count > 0.0 { commit_sum / commit_count * 1000.0 } else { 0.0 },
         queries,
@@ -998,8 +1030,10 @@ fn print_report(r: &Report, json_only: bool) {
     let _ = writeln!(t, "  relay            peak RSS {:.0} MB, CPU {:.1} s", r.relay_peak_rss_mb, r.relay_cpu_seconds);
     let _ = writeln!(
         t,
-        "  db writes        {:.0} transactions = {:.4} per event",
-        r.db_write_transactions, r.db_write_transactions_per_event
+        "  db writes        {:.0} transactions = {:.4} per event ({})",
+        r.db_write_transactions,
+        r.db_write_transactions_per_event,
+        r.db_write_transactions_by_kind.iter().map(|(k, n)| format!("{k} {n:.0}")).collect::<Vec<_>>().join(", ")
     );
     for q in &r.queries {
         let _ = writeln!(t, "  GET /messages    {:<24} p50 {:.2} ms  p99 {:.2} ms", q.filter, q.p50_ms, q.p99_ms);
