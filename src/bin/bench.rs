@@ -1082,10 +1082,10 @@ async fn suite(base: RunArgs, size: f64) -> anyhow::Result<()> {
     let pg = RunArgs { backend: BackendArg::Postgres, subscriptions: 4, ..single.clone() };
     for factor in [1, 2, 4, 8] {
         runs.push(RunArgs {
-            label: format!("pg scale {factor}x ({} /s, K=4)", 750 * factor),
-            callbacks: n(7_500 * factor),
+            label: format!("pg scale {factor}x ({} /s, K=4)", 500 * factor),
+            callbacks: n(5_000 * factor),
             concurrency: 256,
-            rate: 750.0 * factor as f64,
+            rate: 500.0 * factor as f64,
             ..pg.clone()
         });
     }
