@@ -44,6 +44,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("postgres/migrations/0002_settings.sql")),
     (3, include_str!("postgres/migrations/0003_lean_outbox.sql")),
     (4, include_str!("postgres/migrations/0004_status_in_filter_indexes.sql")),
+    (5, include_str!("postgres/migrations/0005_lean_history.sql")),
+    (6, include_str!("postgres/migrations/0006_byte_order_keys.sql")),
 ];
 
 /// Serializes migrations between processes starting at once.

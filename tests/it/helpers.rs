@@ -115,6 +115,8 @@ fn template_name() -> String {
         include_str!("../../src/store/postgres/migrations/0002_settings.sql"),
         include_str!("../../src/store/postgres/migrations/0003_lean_outbox.sql"),
         include_str!("../../src/store/postgres/migrations/0004_status_in_filter_indexes.sql"),
+        include_str!("../../src/store/postgres/migrations/0005_lean_history.sql"),
+        include_str!("../../src/store/postgres/migrations/0006_byte_order_keys.sql"),
     ]
     .concat();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
