@@ -53,13 +53,12 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::from_config(cfg)?;
-        if !http.is_configured() {
-            return Err("bearer_token: Brevo does not sign its callbacks; set the webhook's bearer token here, \
-                        or put Basic credentials in the webhook URL (https://user:password@host/callbacks/<name>) \
-                        and set username/password, or set header_name/header_value"
-                .into());
-        }
+        let http = HttpAuth::required(cfg, || {
+            "bearer_token: Brevo does not sign its callbacks; set the webhook's bearer token here, \
+             or put Basic credentials in the webhook URL (https://user:password@host/callbacks/<name>) \
+             and set username/password, or set header_name/header_value"
+                .into()
+        })?;
         Ok(Credentials { http })
     }
 }
@@ -74,11 +73,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
     let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
     match &body {
         Value::Array(events) => {
-            let mut batch = Batch::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                batch.add(i, parse_event(event, ctx, req.received_at));
-            }
-            batch.finish("empty event batch")
+            Batch::parse_each(events, "empty event batch", |event| parse_event(event, ctx, req.received_at))
         }
         Value::Object(_) => Ok(Parsed::events(vec![parse_event(&body, ctx, req.received_at)?])),
         _ => Err(ParseError::new("expected an event object or an array of them")),

@@ -77,6 +77,13 @@ impl HttpAuth {
         self.basic.is_some() || self.bearer.is_some() || self.header.is_some()
     }
 
+    /// The credentials of a provider that does not sign its callbacks, so
+    /// that at least one must be set; `missing` says how to set them.
+    pub fn required(cfg: &SourceConfig, missing: impl FnOnce() -> String) -> Result<Self, String> {
+        let http = HttpAuth::from_config(cfg)?;
+        if http.is_configured() { Ok(http) } else { Err(missing()) }
+    }
+
     /// Checks every configured credential.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), VerifyError> {
         if let Some((user, pass)) = &self.basic {

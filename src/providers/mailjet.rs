@@ -45,13 +45,12 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::from_config(cfg)?;
-        if !http.is_configured() {
-            return Err("username/password: Mailjet does not sign its callbacks; put Basic credentials in the \
-                        event callback URL (https://user:password@host/callbacks/<name>) and set them here, \
-                        or set bearer_token or header_name/header_value"
-                .into());
-        }
+        let http = HttpAuth::required(cfg, || {
+            "username/password: Mailjet does not sign its callbacks; put Basic credentials in the \
+             event callback URL (https://user:password@host/callbacks/<name>) and set them here, \
+             or set bearer_token or header_name/header_value"
+                .into()
+        })?;
         Ok(Credentials { http })
     }
 }
@@ -66,11 +65,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
     let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
     match &body {
         Value::Array(events) => {
-            let mut batch = Batch::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                batch.add(i, parse_event(event, ctx, req.received_at));
-            }
-            batch.finish("empty event group")
+            Batch::parse_each(events, "empty event group", |event| parse_event(event, ctx, req.received_at))
         }
         Value::Object(_) => Ok(Parsed::events(vec![parse_event(&body, ctx, req.received_at)?])),
         _ => Err(ParseError::new("expected an event object or an array of them")),

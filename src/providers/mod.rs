@@ -147,6 +147,20 @@ impl Batch {
         }
     }
 
+    /// Parses every element of a batch body with `parse`, leaving out the
+    /// elements that cannot be read; `empty` as in [`Batch::finish`].
+    pub fn parse_each<T>(
+        items: &[T],
+        empty: &'static str,
+        mut parse: impl FnMut(&T) -> Result<Callback, ParseError>,
+    ) -> Result<Parsed, ParseError> {
+        let mut batch = Batch::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            batch.add(i, parse(item));
+        }
+        batch.finish(empty)
+    }
+
     /// The batch's events; an error when every element was unreadable, and
     /// `empty` as the reason to ignore a batch that held no events at all.
     pub fn finish(self, empty: &'static str) -> Result<Parsed, ParseError> {

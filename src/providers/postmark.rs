@@ -30,16 +30,15 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::from_config(cfg)?;
-        if !http.is_configured() {
-            return Err(format!(
+        let http = HttpAuth::required(cfg, || {
+            format!(
                 "username/password: Postmark does not sign its webhooks, so a Postmark source needs credentials: \
                  set username and password and put them in the webhook URL \
                  (https://USER:PASSWORD@<public host>/callbacks/{}), and/or set header_name and header_value \
                  and add that custom header to the webhook",
                 cfg.name
-            ));
-        }
+            )
+        })?;
         Ok(Credentials { http })
     }
 }

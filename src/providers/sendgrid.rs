@@ -141,11 +141,9 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
         event @ Value::Object(_) => vec![event],
         _ => return Err(ParseError::new("the body is not a JSON array of events")),
     };
-    let mut batch = Batch::with_capacity(events.len());
-    for (i, data) in events.iter().enumerate() {
-        batch.add(i, parse_event(data, ctx, req.received_at).map_err(ParseError::new));
-    }
-    batch.finish("empty event batch")
+    Batch::parse_each(&events, "empty event batch", |data| {
+        parse_event(data, ctx, req.received_at).map_err(ParseError::new)
+    })
 }
 
 /// SendGrid names the servers that handled a message in the segments of

@@ -30,14 +30,13 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::from_config(cfg)?;
-        if !http.is_configured() {
-            return Err("username/password: SparkPost does not sign its webhooks, so a SparkPost source needs \
-                        the credentials its webhook sends: set the webhook's Basic auth (username/password \
-                        here) or its OAuth/bearer token (bearer_token), or a secret custom header \
-                        (header_name/header_value)"
-                .into());
-        }
+        let http = HttpAuth::required(cfg, || {
+            "username/password: SparkPost does not sign its webhooks, so a SparkPost source needs \
+             the credentials its webhook sends: set the webhook's Basic auth (username/password \
+             here) or its OAuth/bearer token (bearer_token), or a secret custom header \
+             (header_name/header_value)"
+                .into()
+        })?;
         Ok(Credentials { http })
     }
 }
