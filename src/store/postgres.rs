@@ -350,30 +350,7 @@ impl Store for PgStore {
             ))
             .await
             .map_err(classify)?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &c.id,
-                    &c.url,
-                    &c.description,
-                    &c.statuses,
-                    &c.all_events,
-                    &c.scheme,
-                    &c.secret,
-                    &c.previous_secrets,
-                    &c.headers,
-                    &c.enabled,
-                    &c.disabled_reason,
-                    &c.max_in_flight,
-                    &c.rate_limit_per_second,
-                    &c.failing_since,
-                    &c.created_at,
-                    &c.updated_at,
-                ],
-            )
-            .await
-            .map_err(classify)?;
+        client.execute(&stmt, &subscription_params(&c)).await.map_err(classify)?;
         notify_subscriptions(&client).await;
         Ok(())
     }
@@ -418,29 +395,13 @@ impl Store for PgStore {
             )
             .await
             .map_err(classify)?;
-        let n = client
-            .execute(
-                &stmt,
-                &[
-                    &c.id,
-                    &c.url,
-                    &c.description,
-                    &c.statuses,
-                    &c.all_events,
-                    &c.scheme,
-                    &c.secret,
-                    &c.previous_secrets,
-                    &c.headers,
-                    &c.enabled,
-                    &c.disabled_reason,
-                    &c.max_in_flight,
-                    &c.rate_limit_per_second,
-                    &expected_updated_at,
-                    &c.updated_at,
-                ],
-            )
-            .await
-            .map_err(classify)?;
+        // id, url, ... rate_limit_per_second ($1-$13), then the expected and
+        // the new updated_at ($14, $15).
+        let all = subscription_params(&c);
+        let mut params: Vec<&(dyn ToSql + Sync)> = all[..13].to_vec();
+        params.push(&expected_updated_at);
+        params.push(&c.updated_at);
+        let n = client.execute(&stmt, &params).await.map_err(classify)?;
         notify_subscriptions(&client).await;
         Ok(n == 1)
     }
@@ -684,6 +645,28 @@ impl Store for PgStore {
     ) {
         listen(self.config.clone(), wake, changed, stop).await;
     }
+}
+
+/// A subscription's columns in [`SUBSCRIPTION_COLUMNS`] order.
+fn subscription_params<'a>(c: &'a SubscriptionColumns<'_>) -> [&'a (dyn ToSql + Sync); 16] {
+    [
+        &c.id,
+        &c.url,
+        &c.description,
+        &c.statuses,
+        &c.all_events,
+        &c.scheme,
+        &c.secret,
+        &c.previous_secrets,
+        &c.headers,
+        &c.enabled,
+        &c.disabled_reason,
+        &c.max_in_flight,
+        &c.rate_limit_per_second,
+        &c.failing_since,
+        &c.created_at,
+        &c.updated_at,
+    ]
 }
 
 /// Keeps a connection listening on [`DELIVERY_CHANNEL`] and
