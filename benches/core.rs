@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hookrelay::delivery::signing::{self, Scheme, WebhookSecret};
+use hookrelay::delivery::signing::{self, Scheme, SigningKey, VerifyKey};
 use hookrelay::domain::status::supersedes;
 use hookrelay::domain::{Channel, MessageId, MessageRecord, MessageState, ProviderName, Reason, Status};
 use hookrelay::ingest::plan::payload;
@@ -115,9 +115,10 @@ fn outbound_signing(c: &mut Criterion) {
     let payload = outbound_payload();
     assert!((550..=650).contains(&payload.len()), "payload is {} bytes", payload.len());
     let secrets = [
-        WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret"),
-        WebhookSecret::parse("whsec_c2VjcmV0LW9mLWFub3RoZXItZW5kcG9pbnQ=").expect("secret"),
+        SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret"),
+        SigningKey::parse("whsec_c2VjcmV0LW9mLWFub3RoZXItZW5kcG9pbnQ=").expect("secret"),
     ];
+    let ed25519 = SigningKey::parse("whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=").expect("signing key");
     let id = "dlv_0190f3c4a1b27c3e9d4f5a6b7c8d9e0f";
     let now = T0 + 90_500;
 
@@ -132,9 +133,16 @@ fn outbound_signing(c: &mut Criterion) {
     let courier = signing::headers(Scheme::Courier, &both, id, now, &payload);
     for secret in &secrets {
         let (ts, sig) = (value(&standard, "webhook-timestamp"), value(&standard, "webhook-signature"));
-        assert_eq!(signing::verify_standard(secret, id, &ts, &sig, &payload, now, 300), Ok(()));
-        assert_eq!(signing::verify_courier(secret, &value(&courier, "courier-signature"), &payload, now, 300), Ok(()));
+        let key = VerifyKey::parse(secret.expose()).expect("secret");
+        assert_eq!(signing::verify_standard(&key, id, &ts, &sig, &payload, now, 300), Ok(()));
+        let VerifyKey::Hmac(secret) = key else { unreachable!("a secret") };
+        let courier_header = value(&courier, "courier-signature");
+        assert_eq!(signing::verify_courier(&secret, &courier_header, &payload, now, 300), Ok(()));
     }
+    let ed = signing::headers(Scheme::StandardWebhooksEd25519, &[&ed25519], id, now, &payload);
+    let public = VerifyKey::parse(&ed25519.verification_key()).expect("public key");
+    let (ts, sig) = (value(&ed, "webhook-timestamp"), value(&ed, "webhook-signature"));
+    assert_eq!(signing::verify_standard(&public, id, &ts, &sig, &payload, now, 300), Ok(()));
 
     let mut group = c.benchmark_group("outbound_signing");
     group.throughput(Throughput::Bytes(payload.len() as u64));
@@ -145,6 +153,10 @@ fn outbound_signing(c: &mut Criterion) {
             });
         }
     }
+    let ed_keys = [&ed25519];
+    group.bench_function(BenchmarkId::new(Scheme::StandardWebhooksEd25519.as_str(), "1-key"), |b| {
+        b.iter(|| signing::headers(Scheme::StandardWebhooksEd25519, &ed_keys, id, black_box(now), black_box(&payload)))
+    });
     group.finish();
 }
 

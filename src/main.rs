@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hookrelay::config::Secret;
-use hookrelay::delivery::signing::{Scheme, WebhookSecret};
+use hookrelay::delivery::signing::{Scheme, VerifyKey};
 use hookrelay::delivery::verify::{self, Headers, Verdict};
 use hookrelay::{Application, Config, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -44,13 +44,14 @@ enum Command {
 #[command(after_help = "Example:\n  export HOOKRELAY_VERIFY_SECRET=whsec_...\n  \
     hookrelay verify --headers-file request-head.txt --body-file body.json --now 1763820003")]
 struct VerifyArgs {
-    /// The subscription's secret. Prefer the environment variable: it keeps
-    /// the secret out of shell history and the process list.
+    /// The subscription's secret (`whsec_...`), or its public key
+    /// (`whpk_...`) for `standard-webhooks-ed25519`. Prefer the environment
+    /// variable: it keeps the secret out of shell history and the process list.
     #[arg(
         long,
         env = "HOOKRELAY_VERIFY_SECRET",
         hide_env_values = true,
-        value_name = "whsec_...",
+        value_name = "whsec_...|whpk_...",
         value_parser = secret_arg
     )]
     secret: Secret,
@@ -82,7 +83,7 @@ fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
 }
 
 fn scheme_arg(s: &str) -> Result<Scheme, String> {
-    Scheme::parse(s).ok_or_else(|| "expected `standard-webhooks` or `courier`".to_owned())
+    Scheme::parse(s).ok_or_else(|| "expected `standard-webhooks`, `standard-webhooks-ed25519` or `courier`".to_owned())
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,7 +155,7 @@ fn verify_command(args: VerifyArgs) -> ExitCode {
         eprintln!("hookrelay verify: {message}");
         ExitCode::from(2)
     };
-    let secret = match WebhookSecret::parse(args.secret.expose()) {
+    let secret = match VerifyKey::parse(args.secret.expose()) {
         Ok(secret) => secret,
         Err(e) => return usage(format!("the secret is not usable: {e}")),
     };

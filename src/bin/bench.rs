@@ -28,7 +28,7 @@ use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use hmac::{KeyInit, Mac};
-use hookrelay::delivery::signing::{WebhookSecret, verify_standard};
+use hookrelay::delivery::signing::{VerifyKey, verify_standard};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -222,7 +222,7 @@ struct SinkState {
     started: Instant,
     /// Send time of each callback (µs since `started`), by callback index.
     sent_at: Vec<AtomicU64>,
-    secrets: Mutex<Vec<WebhookSecret>>,
+    secrets: Mutex<Vec<VerifyKey>>,
     seen: Mutex<HashSet<u128>>,
     latencies: Mutex<Vec<u64>>,
     received: AtomicUsize,
@@ -899,7 +899,7 @@ async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u3
         }
         let created: Value = serde_json::from_slice(&body)?;
         let secret =
-            WebhookSecret::parse(created["secret"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            VerifyKey::parse(created["secret"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         sink.state.secrets.lock().expect("lock").push(secret);
     }
     let mut commits_by_kind = BTreeMap::<String, f64>::new();

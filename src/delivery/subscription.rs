@@ -3,14 +3,14 @@
 
 use std::net::IpAddr;
 
-use super::signing::{Scheme, WebhookSecret};
+use super::signing::{Scheme, SigningKey};
 use super::ssrf::AddressPolicy;
 use crate::domain::{Status, SubscriptionId};
 
-/// A secret kept signing during a rotation, until `expires_at` (epoch ms).
+/// A key kept signing during a rotation, until `expires_at` (epoch ms).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreviousSecret {
-    pub secret: WebhookSecret,
+    pub secret: SigningKey,
     pub expires_at: i64,
 }
 
@@ -25,7 +25,8 @@ pub struct Subscription {
     /// Also notify history events that change no status.
     pub all_events: bool,
     pub scheme: Scheme,
-    pub secret: WebhookSecret,
+    /// The current key, of the kind the scheme signs with.
+    pub secret: SigningKey,
     pub previous_secrets: Vec<PreviousSecret>,
     /// Extra request headers, in order.
     pub headers: Vec<(String, String)>,
@@ -43,7 +44,7 @@ pub struct Subscription {
 impl Subscription {
     /// The secrets that sign an attempt at `now`: the current one first,
     /// then those still inside their rotation overlap.
-    pub fn signing_secrets(&self, now: i64) -> Vec<&WebhookSecret> {
+    pub fn signing_secrets(&self, now: i64) -> Vec<&SigningKey> {
         std::iter::once(&self.secret)
             .chain(self.previous_secrets.iter().filter(|p| p.expires_at > now).map(|p| &p.secret))
             .collect()
@@ -137,6 +138,7 @@ pub fn validate_url(url: &str, policy: &AddressPolicy) -> Result<reqwest::Url, S
 
 #[cfg(test)]
 mod tests {
+    use super::super::signing::KeyKind;
     use super::*;
 
     #[test]
@@ -193,9 +195,9 @@ mod tests {
 
     #[test]
     fn rotation_window() {
-        let secret = WebhookSecret::generate().expect("entropy");
-        let old = WebhookSecret::generate().expect("entropy");
-        let expired = WebhookSecret::generate().expect("entropy");
+        let secret = SigningKey::generate(KeyKind::Hmac).expect("entropy");
+        let old = SigningKey::generate(KeyKind::Ed25519).expect("entropy");
+        let expired = SigningKey::generate(KeyKind::Hmac).expect("entropy");
         let sub = Subscription {
             id: SubscriptionId::generate(),
             url: "https://example.com".into(),

@@ -6,13 +6,17 @@
 //! module only reads the captured headers, picks the scheme, and gathers what
 //! explains a verdict (the signature's age, whether the signature would match
 //! at its own time or without a trailing newline, what the payload is).
-//! Nothing here ever formats the secret.
+//! Nothing here ever formats the secret. A `whpk_` public key checks the
+//! `v1a` (ed25519) entries of a Standard Webhooks header, a `whsec_` secret
+//! its `v1` entries; entries the key cannot check are counted and named. A `whpk_` public key checks the
+//! `v1a` (ed25519) entries of a Standard Webhooks header, a `whsec_` secret
+//! its `v1` entries; entries the key cannot check are counted and named.
 
 use std::fmt;
 
 use serde_json::Value;
 
-use super::signing::{self, Scheme, SignatureError, WebhookSecret};
+use super::signing::{self, Scheme, SignatureError, VerifyKey};
 use crate::clock::rfc3339;
 
 const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
@@ -110,7 +114,7 @@ fn is_request_line(line: &str) -> bool {
 /// What to check.
 #[derive(Debug, Clone, Copy)]
 pub struct Check<'a> {
-    pub secret: &'a WebhookSecret,
+    pub secret: &'a VerifyKey,
     pub headers: &'a Headers,
     /// The raw body, exactly as received.
     pub body: &'a [u8],
@@ -144,8 +148,14 @@ pub struct Report {
     pub signed_at_ms: Option<i64>,
     pub now_ms: i64,
     pub tolerance_seconds: i64,
-    /// Signature entries in the header: `v1,` entries or `signature=` parts.
+    /// Signature entries in the header this key can check: `v1,` entries
+    /// for a secret, `v1a,` entries for a public key, or `signature=` parts.
     pub signatures: usize,
+    /// Standard Webhooks entries of the other kind, which this key cannot
+    /// check (`v1a,` for a secret, `v1,` for a public key).
+    pub unchecked: usize,
+    /// Whether the key checked with is an ed25519 public key (`whpk_`).
+    pub public_key: bool,
     /// For a time failure: whether the signature matches at its own time.
     pub matches_ignoring_time: Option<bool>,
     /// For a mismatch: whether the body would match without its trailing
@@ -189,6 +199,8 @@ pub fn verify(check: &Check<'_>) -> Report {
         now_ms: check.now_ms,
         tolerance_seconds: check.tolerance_seconds,
         signatures: 0,
+        unchecked: 0,
+        public_key: matches!(check.secret, VerifyKey::Ed25519Public(_)),
         matches_ignoring_time: None,
         matches_without_trailing_newline: false,
         payload: PayloadSummary::of(check.body),
@@ -196,6 +208,8 @@ pub fn verify(check: &Check<'_>) -> Report {
     let standard = headers.non_empty("webhook-signature").is_some();
     let courier = headers.non_empty(COURIER_HEADER).is_some();
     let scheme = match (check.scheme, standard, courier) {
+        // The ed25519 scheme differs only in its entries, which the key decides.
+        (Some(Scheme::StandardWebhooksEd25519), _, _) => Scheme::StandardWebhooks,
         (Some(scheme), _, _) => scheme,
         (None, true, false) => Scheme::StandardWebhooks,
         (None, false, true) => Scheme::Courier,
@@ -210,14 +224,18 @@ pub fn verify(check: &Check<'_>) -> Report {
     };
     report.scheme = Some(scheme);
     match scheme {
-        Scheme::StandardWebhooks => {
+        Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519 => {
             report.signed_at_ms = headers
                 .non_empty("webhook-timestamp")
                 .and_then(|t| t.parse::<i64>().ok())
                 .map(|s| s.saturating_mul(1000));
-            report.signatures = headers
-                .non_empty("webhook-signature")
-                .map_or(0, |h| h.split_whitespace().filter(|e| e.starts_with("v1,")).count());
+            let entries = headers.non_empty("webhook-signature").unwrap_or_default().split_whitespace();
+            let prefix = check.secret.entry_prefix();
+            let other = if prefix == "v1," { "v1a," } else { "v1," };
+            for entry in entries {
+                report.signatures += usize::from(entry.starts_with(prefix));
+                report.unchecked += usize::from(entry.starts_with(other));
+            }
         }
         Scheme::Courier => {
             let header = headers.non_empty(COURIER_HEADER).unwrap_or_default();
@@ -250,25 +268,31 @@ pub fn verify(check: &Check<'_>) -> Report {
 
 fn check_scheme(
     scheme: Scheme,
-    secret: &WebhookSecret,
+    secret: &VerifyKey,
     headers: &Headers,
     body: &[u8],
     now_ms: i64,
     tolerance_seconds: i64,
 ) -> Result<(), SignatureError> {
     let required = |name: &'static str| headers.non_empty(name).ok_or(SignatureError::Missing(name));
-    match scheme {
-        Scheme::StandardWebhooks => {
+    match (scheme, secret) {
+        (Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519, _) => {
             let [id, timestamp, signature] = STANDARD_HEADERS.map(required);
             signing::verify_standard(secret, id?, timestamp?, signature?, body, now_ms, tolerance_seconds)
         }
-        Scheme::Courier => signing::verify_courier(secret, required(COURIER_HEADER)?, body, now_ms, tolerance_seconds),
+        (Scheme::Courier, VerifyKey::Hmac(secret)) => {
+            signing::verify_courier(secret, required(COURIER_HEADER)?, body, now_ms, tolerance_seconds)
+        }
+        (Scheme::Courier, VerifyKey::Ed25519Public(_)) => {
+            required(COURIER_HEADER)?;
+            Err(SignatureError::WrongKey)
+        }
     }
 }
 
 fn scheme_name(scheme: Scheme) -> &'static str {
     match scheme {
-        Scheme::StandardWebhooks => "Standard Webhooks",
+        Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519 => "Standard Webhooks",
         Scheme::Courier => "Courier",
     }
 }
@@ -315,7 +339,7 @@ impl fmt::Display for Report {
         }
         if let Some(at) = self.signed_at_ms {
             let shown = match scheme {
-                Scheme::StandardWebhooks => (at / 1000).to_string(),
+                Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519 => (at / 1000).to_string(),
                 Scheme::Courier => at.to_string(),
             };
             writeln!(
@@ -326,16 +350,32 @@ impl fmt::Display for Report {
                 self.tolerance_seconds
             )?;
         }
+        let key = if self.public_key { "this public key" } else { "this secret" };
+        let (mine, other) = if self.public_key { ("v1a", "v1") } else { ("v1", "v1a") };
         let entries = match scheme {
-            Scheme::StandardWebhooks => plural(self.signatures, "v1 entry", "v1 entries"),
+            Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519 => {
+                plural(self.signatures, &format!("{mine} entry"), &format!("{mine} entries"))
+            }
             Scheme::Courier => plural(self.signatures, "signature", "signatures"),
         };
         let matching = match self.verdict {
-            Verdict::Valid => ", one of which matches this secret",
-            Verdict::Invalid(SignatureError::NoMatch) => ", none of which matches this secret",
-            _ => "",
+            Verdict::Valid => format!(", one of which matches {key}"),
+            Verdict::Invalid(SignatureError::NoMatch) if self.signatures > 0 => {
+                format!(", none of which matches {key}")
+            }
+            _ => String::new(),
         };
         writeln!(f, "  signatures:  {entries}{matching}")?;
+        if self.unchecked > 0 {
+            let which = plural(self.unchecked, &format!("{other} entry"), &format!("{other} entries"));
+            let needs = if self.public_key {
+                "a v1 entry is an HMAC signature: check it with the subscription's whsec_ secret"
+            } else {
+                "a v1a entry is an ed25519 signature: check it with the subscription's whpk_ public key \
+                 (GET /subscriptions/{id}/secret)"
+            };
+            writeln!(f, "               also {which}, which {key} cannot check ({needs})")?;
+        }
         if let Some(p) = &self.payload {
             let mut parts = Vec::new();
             if let Some(kind) = &p.kind {
@@ -358,16 +398,16 @@ impl fmt::Display for Report {
         match (&self.verdict, self.matches_ignoring_time, self.signed_at_ms) {
             (Verdict::Invalid(SignatureError::TooOld | SignatureError::InFuture), Some(true), Some(at)) => writeln!(
                 f,
-                "  note: the signature itself matches this secret; only the time is off. To check an old \
+                "  note: the signature itself matches {key}; only the time is off. To check an old \
                  capture, add --now {}",
                 at.div_euclid(1000)
             )?,
             (Verdict::Invalid(SignatureError::TooOld | SignatureError::InFuture), Some(false), _) => {
-                writeln!(f, "  note: the signature does not match this secret at its own time either")?
+                writeln!(f, "  note: the signature does not match {key} at its own time either")?
             }
             _ => {}
         }
-        if self.verdict == Verdict::Invalid(SignatureError::NoMatch) {
+        if self.verdict == Verdict::Invalid(SignatureError::NoMatch) && self.signatures > 0 {
             if self.matches_without_trailing_newline {
                 writeln!(
                     f,
@@ -384,7 +424,9 @@ impl fmt::Display for Report {
         }
         if let Verdict::Invalid(SignatureError::Missing(_)) = self.verdict {
             let expected = match scheme {
-                Scheme::StandardWebhooks => "webhook-id, webhook-timestamp and webhook-signature",
+                Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519 => {
+                    "webhook-id, webhook-timestamp and webhook-signature"
+                }
                 Scheme::Courier => "courier-signature",
             };
             writeln!(f, "  hint: {} requests carry {expected}", scheme_name(scheme))?;
@@ -395,6 +437,7 @@ impl fmt::Display for Report {
 
 #[cfg(test)]
 mod tests {
+    use super::super::signing::KeyKind;
     use super::*;
 
     /// The Standard Webhooks published vector (webhooks.md §2, vector A).
@@ -404,8 +447,12 @@ mod tests {
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
-    fn secret() -> WebhookSecret {
-        WebhookSecret::parse(SECRET).expect("valid secret")
+    fn secret() -> VerifyKey {
+        VerifyKey::parse(SECRET).expect("valid secret")
+    }
+
+    fn other_secret() -> VerifyKey {
+        VerifyKey::parse(signing::SigningKey::generate(KeyKind::Hmac).expect("entropy").expose()).expect("secret")
     }
 
     fn vector_headers() -> Headers {
@@ -415,7 +462,7 @@ mod tests {
         h
     }
 
-    fn check<'a>(secret: &'a WebhookSecret, headers: &'a Headers, body: &'a [u8], now_s: i64) -> Check<'a> {
+    fn check<'a>(secret: &'a VerifyKey, headers: &'a Headers, body: &'a [u8], now_s: i64) -> Check<'a> {
         Check { secret, headers, body, scheme: None, now_ms: now_s * 1000, tolerance_seconds: 300 }
     }
 
@@ -502,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_matches_nothing() {
-        let other = WebhookSecret::generate().expect("entropy");
+        let other = other_secret();
         let h = vector_headers();
         let report = verify(&check(&other, &h, BODY, TS));
         assert_eq!(report.verdict, Verdict::Invalid(SignatureError::NoMatch));
@@ -511,6 +558,7 @@ mod tests {
         assert!(text.starts_with("invalid (Standard Webhooks): no signature matches\n"), "{text}");
         assert!(text.contains("1 v1 entry, none of which matches this secret"), "{text}");
         assert!(text.contains("GET /subscriptions/{id}/secret"), "{text}");
+        let VerifyKey::Hmac(other) = other else { unreachable!("a secret") };
         assert!(!text.contains(other.expose()), "{text}");
     }
 
@@ -546,7 +594,7 @@ mod tests {
         assert_eq!(report.verdict, Verdict::Invalid(SignatureError::InFuture));
         assert!(report.to_string().contains("301 s after now"), "{report}");
         // Stale and forged: the note says so.
-        let other = WebhookSecret::generate().expect("entropy");
+        let other = other_secret();
         let report = verify(&check(&other, &h, BODY, TS + 3_600));
         assert_eq!(report.matches_ignoring_time, Some(false));
         assert!(report.to_string().contains("does not match this secret at its own time either"), "{report}");
@@ -558,12 +606,13 @@ mod tests {
 
     #[test]
     fn rotation_headers_verify_with_either_secret() {
-        let new = WebhookSecret::generate().expect("entropy");
-        let old = secret();
+        let new = signing::SigningKey::generate(KeyKind::Hmac).expect("entropy");
+        let old = signing::SigningKey::parse(SECRET).expect("secret");
         let header = signing::standard_signature_header(&[&new, &old], ID, TS, BODY);
         let mut h = Headers::new();
         h.add_file(&format!("webhook-id: {ID}\nwebhook-timestamp: {TS}\nwebhook-signature: {header}\n"))
             .expect("headers");
+        let (new, old) = (VerifyKey::parse(new.expose()).expect("key"), secret());
         for s in [&new, &old] {
             let report = verify(&check(s, &h, BODY, TS));
             assert_eq!(report.verdict, Verdict::Valid);
@@ -574,9 +623,10 @@ mod tests {
     #[test]
     fn courier_requests() {
         let s = secret();
+        let key = signing::SigningKey::parse(SECRET).expect("secret");
         let t_ms = TS * 1000 + 250;
         let mut h = Headers::new();
-        h.add_line(&format!("Courier-Signature: {}", signing::courier_signature(&[&s], t_ms, BODY))).expect("line");
+        h.add_line(&format!("Courier-Signature: {}", signing::courier_signature(&[&key], t_ms, BODY))).expect("line");
         let report = verify(&check(&s, &h, BODY, TS));
         assert_eq!(report.verdict, Verdict::Valid);
         assert_eq!(report.scheme, Some(Scheme::Courier));
@@ -590,7 +640,8 @@ mod tests {
         assert_eq!(verify(&c).verdict, Verdict::Invalid(SignatureError::Missing("webhook-id")));
         // Both kinds of header: the scheme must be chosen.
         let mut both = vector_headers();
-        both.add_line(&format!("courier-signature: {}", signing::courier_signature(&[&s], t_ms, BODY))).expect("line");
+        both.add_line(&format!("courier-signature: {}", signing::courier_signature(&[&key], t_ms, BODY)))
+            .expect("line");
         assert_eq!(verify(&check(&s, &both, BODY, TS)).verdict, Verdict::Ambiguous);
         let mut c = check(&s, &both, BODY, TS);
         c.scheme = Some(Scheme::Courier);
@@ -609,7 +660,8 @@ mod tests {
         assert_eq!(PayloadSummary::of(b"[1]"), None);
         let s = secret();
         let mut h = Headers::new();
-        let signature = signing::standard_signature(&s, ID, TS, body);
+        let VerifyKey::Hmac(secret) = &s else { unreachable!("a secret") };
+        let signature = signing::standard_signature(secret, ID, TS, body);
         h.add_file(&format!("webhook-id: {ID}\nwebhook-timestamp: {TS}\nwebhook-signature: {signature}\n"))
             .expect("headers");
         let line = "  payload:     type message:updated, message order-42, status DELIVERED, seq 3\n";
@@ -617,5 +669,43 @@ mod tests {
         let unverified =
             "  payload:     type message:updated, message order-42, status DELIVERED, seq 3 (unverified)\n";
         assert!(verify(&check(&s, &h, body, TS + 301)).to_string().contains(unverified));
+    }
+
+    #[test]
+    fn public_keys_check_v1a_entries_and_name_the_rest() {
+        // The Standard Webhooks libraries' published ed25519 vector.
+        let signing_key = signing::SigningKey::parse("whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=").expect("key");
+        let v1a = "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
+        let public = VerifyKey::parse(&signing_key.verification_key()).expect("whpk_");
+        let mut h = Headers::new();
+        h.add_file(&format!("webhook-id: {ID}\nwebhook-timestamp: {TS}\nwebhook-signature: {v1a}\n")).expect("headers");
+        let report = verify(&check(&public, &h, BODY, TS));
+        assert_eq!(report.verdict, Verdict::Valid);
+        assert_eq!((report.signatures, report.unchecked), (1, 0));
+        let text = report.to_string();
+        assert!(text.contains("1 v1a entry, one of which matches this public key"), "{text}");
+
+        // A secret cannot check a v1a entry, and says so instead of "0 v1 entries".
+        let report = verify(&check(&secret(), &h, BODY, TS));
+        assert_eq!(report.verdict, Verdict::Invalid(SignatureError::NoMatch));
+        let text = report.to_string();
+        assert!(text.contains("0 v1 entries\n"), "{text}");
+        assert!(text.contains("also 1 v1a entry, which this secret cannot check"), "{text}");
+        assert!(text.contains("whpk_ public key"), "{text}");
+
+        // Both kinds during a rotation: each key checks its own.
+        let both = format!("{SIGNATURE} {v1a}");
+        let mut h = Headers::new();
+        h.add_file(&format!("webhook-id: {ID}\nwebhook-timestamp: {TS}\nwebhook-signature: {both}\n"))
+            .expect("headers");
+        for key in [&public, &secret()] {
+            let report = verify(&check(key, &h, BODY, TS));
+            assert_eq!(report.verdict, Verdict::Valid);
+            assert_eq!((report.signatures, report.unchecked), (1, 1));
+        }
+        // A public key has nothing to check in a Courier header.
+        let mut h = Headers::new();
+        h.add_line("courier-signature: t=1,signature=00").expect("line");
+        assert_eq!(verify(&check(&public, &h, BODY, TS)).verdict, Verdict::Invalid(SignatureError::WrongKey));
     }
 }

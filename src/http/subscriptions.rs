@@ -17,7 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, OptionalJson, QueryPairs};
 use crate::clock::{now_ms, parse_time, rfc3339};
-use crate::delivery::signing::{Scheme, WebhookSecret};
+use crate::delivery::signing::{Scheme, SigningKey};
 use crate::delivery::subscription::{PreviousSecret, Subscription, validate_headers, validate_url};
 use crate::delivery::{DeliveryState, Job};
 use crate::domain::{DeliveryId, MessageId, Status, SubscriptionId};
@@ -39,6 +39,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 200;
+/// Rotation overlap when none is given: a day.
+const DEFAULT_OVERLAP_SECONDS: u64 = 86_400;
 /// Longest rotation overlap: a week.
 const MAX_OVERLAP_SECONDS: u64 = 7 * 86_400;
 /// Previous secrets kept at most.
@@ -92,6 +94,8 @@ pub struct SubscriptionView {
     created_at: i64,
     updated_at: i64,
     /// Only in the answer to creation; later from `GET /subscriptions/{id}/secret`.
+    /// What the subscriber verifies with: the `whsec_` secret, or for
+    /// `standard-webhooks-ed25519` the `whpk_` public key.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -136,9 +140,11 @@ pub struct CreateSubscription {
     statuses: Option<Vec<String>>,
     #[serde(default)]
     all_events: bool,
-    /// `standard-webhooks` (default) or `courier`.
+    /// `standard-webhooks` (default), `standard-webhooks-ed25519` (`v1a`
+    /// signatures, verified with a public key) or `courier`.
     signature_scheme: Option<Scheme>,
-    /// `whsec_` + base64 of 24 to 64 bytes; generated when absent.
+    /// `whsec_` + base64 of 24 to 64 bytes, or for `standard-webhooks-ed25519`
+    /// a `whsk_` signing key; generated when absent.
     secret: Option<String>,
     /// Extra request headers.
     #[serde(default)]
@@ -231,8 +237,16 @@ fn check_limits(max_in_flight: Option<u32>, rate: Option<u32>) -> Result<(), Api
     Ok(())
 }
 
-fn new_secret() -> Result<WebhookSecret, ApiError> {
-    WebhookSecret::generate().map_err(|e| ApiError::Internal(format!("no entropy: {e}").into()))
+fn new_secret(scheme: Scheme) -> Result<SigningKey, ApiError> {
+    SigningKey::generate(scheme.key_kind()).map_err(|e| ApiError::Internal(format!("no entropy: {e}").into()))
+}
+
+/// A given key, or a new one, of the kind `scheme` signs with.
+fn secret_for(scheme: Scheme, given: Option<String>) -> Result<SigningKey, ApiError> {
+    let Some(given) = given else { return new_secret(scheme) };
+    let key = SigningKey::parse(&given).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?;
+    scheme.check_key(&key).map_err(|e| ApiError::bad_request(format!("`secret`: {e} ({})", scheme.as_str())))?;
+    Ok(key)
 }
 
 /// Create a subscription. The answer carries its signing secret.
@@ -248,10 +262,8 @@ async fn create_subscription(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let url = check_url(&state, &body.url)?;
     check_limits(body.max_in_flight, body.rate_limit_per_second)?;
-    let secret = match body.secret {
-        Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?,
-        None => new_secret()?,
-    };
+    let scheme = body.signature_scheme.unwrap_or(Scheme::StandardWebhooks);
+    let secret = secret_for(scheme, body.secret)?;
     let now = now_ms();
     let subscription = Subscription {
         id: SubscriptionId::generate(),
@@ -259,7 +271,7 @@ async fn create_subscription(
         description: check_description(body.description)?,
         statuses: check_statuses(body.statuses)?,
         all_events: body.all_events,
-        scheme: body.signature_scheme.unwrap_or(Scheme::StandardWebhooks),
+        scheme,
         secret,
         previous_secrets: Vec::new(),
         headers: check_headers(body.headers)?,
@@ -275,7 +287,7 @@ async fn create_subscription(
     state.delivery.subscriptions_changed();
     tracing::info!(subscription.id = %subscription.id, "subscription created");
     let mut view = SubscriptionView::of(&subscription);
-    view.secret = Some(subscription.secret.expose().to_owned());
+    view.secret = Some(subscription.secret.verification_key());
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -361,7 +373,10 @@ async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<S
 }
 
 /// Change a subscription; only the fields given change. Use
-/// `rotate-secret` for the secret.
+/// `rotate-secret` for the secret. Changing `signature_scheme` between an
+/// HMAC scheme and `standard-webhooks-ed25519` makes a new key of the new
+/// kind (read it from `/secret`); the old one keeps signing beside it for a
+/// day, as in a rotation.
 #[utoipa::path(
     patch, path = "/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path)),
@@ -390,6 +405,12 @@ async fn update_subscription(
         s.all_events = all;
     }
     if let Some(scheme) = body.signature_scheme {
+        if scheme.key_kind() != s.scheme.key_kind() {
+            // A new key of the new kind, the old one signing beside it for
+            // the usual overlap (Standard Webhooks headers carry both).
+            let key = new_secret(scheme)?;
+            rotate(&mut s, key, DEFAULT_OVERLAP_SECONDS, now_ms());
+        }
         s.scheme = scheme;
     }
     if let Some(headers) = body.headers {
@@ -477,7 +498,11 @@ async fn disable_subscription(
 /// A subscription's secrets.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SecretView {
+    /// What the subscriber verifies with: the `whsec_` secret, or the
+    /// `whpk_` public key of a `standard-webhooks-ed25519` subscription
+    /// (whose signing key never leaves hookrelay).
     secret: String,
+    signature_scheme: Scheme,
     /// Secrets still signing during a rotation, until `expires_at` (epoch ms).
     previous: Vec<PreviousView>,
 }
@@ -489,7 +514,8 @@ pub struct PreviousView {
 
 fn secret_view(s: &Subscription, now: i64) -> SecretView {
     SecretView {
-        secret: s.secret.expose().to_owned(),
+        secret: s.secret.verification_key(),
+        signature_scheme: s.scheme,
         previous: s
             .previous_secrets
             .iter()
@@ -517,7 +543,8 @@ async fn get_secret(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
-    /// The new secret; generated when absent.
+    /// The new secret (a `whsk_` signing key for `standard-webhooks-ed25519`);
+    /// generated when absent.
     secret: Option<String>,
     /// How long the old secret keeps signing too (default 24 h, at most 7 days).
     overlap_seconds: Option<u64>,
@@ -541,25 +568,28 @@ async fn rotate_secret(
     OptionalJson(body): OptionalJson<RotateSecret>,
 ) -> Result<Json<SecretView>, ApiError> {
     let body = body.unwrap_or_default();
-    let overlap = body.overlap_seconds.unwrap_or(86_400);
+    let overlap = body.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
     if overlap > MAX_OVERLAP_SECONDS {
         return Err(ApiError::bad_request(format!("`overlap_seconds` must be at most {MAX_OVERLAP_SECONDS}")));
     }
-    let secret = match body.secret {
-        Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?,
-        None => new_secret()?,
-    };
     let mut s = load(&state, &id).await?;
+    let secret = secret_for(s.scheme, body.secret)?;
     let now = now_ms();
-    let old = std::mem::replace(&mut s.secret, secret);
+    rotate(&mut s, secret, overlap, now);
+    store_changes(&state, &mut s).await?;
+    tracing::info!(subscription.id = %id, overlap_seconds = overlap, "subscription secret rotated");
+    Ok(Json(secret_view(&s, now)))
+}
+
+/// Makes `key` the current key; the old one keeps signing for `overlap`
+/// seconds (none when 0). At most [`MAX_PREVIOUS`] old keys are kept.
+fn rotate(s: &mut Subscription, key: SigningKey, overlap: u64, now: i64) {
+    let old = std::mem::replace(&mut s.secret, key);
     s.previous_secrets.retain(|p| p.expires_at > now);
     if overlap > 0 {
         s.previous_secrets.insert(0, PreviousSecret { secret: old, expires_at: now + (overlap as i64) * 1000 });
     }
     s.previous_secrets.truncate(MAX_PREVIOUS);
-    store_changes(&state, &mut s).await?;
-    tracing::info!(subscription.id = %id, overlap_seconds = overlap, "subscription secret rotated");
-    Ok(Json(secret_view(&s, now)))
 }
 
 /// The result of a test ping.

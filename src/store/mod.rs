@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
-use crate::delivery::signing::{Scheme, WebhookSecret};
+use crate::delivery::signing::{Scheme, SigningKey};
 use crate::delivery::subscription::{PreviousSecret, Subscription};
 use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::event::Reason;
@@ -510,14 +510,14 @@ pub(crate) fn decode_subscription(row: &impl RowLike) -> Result<Subscription, St
         None => None,
     };
     let scheme = Scheme::parse(&required(row.text(5)?, "signature_scheme")?).ok_or_else(|| bad("signature_scheme"))?;
-    let secret = WebhookSecret::parse(&required(row.text(6)?, "secret")?).map_err(|_| bad("secret"))?;
+    let secret = SigningKey::parse(&required(row.text(6)?, "secret")?).map_err(|_| bad("secret"))?;
     let previous: Vec<StoredPrevious> =
         serde_json::from_str(&row.text(7)?.unwrap_or_else(|| "[]".into())).map_err(|_| bad("previous_secrets"))?;
     let previous_secrets = previous
         .into_iter()
         .map(|p| {
             Ok(PreviousSecret {
-                secret: WebhookSecret::parse(&p.secret).map_err(|_| bad("previous_secrets"))?,
+                secret: SigningKey::parse(&p.secret).map_err(|_| bad("previous_secrets"))?,
                 expires_at: p.expires_at,
             })
         })

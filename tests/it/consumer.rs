@@ -433,3 +433,45 @@ fn hookrelay_verify_checks_a_captured_request() {
     let out = run(Some(vector::SECRET), &["--headers-file", "-", "--body-file", "-"].map(str::to_owned), Some(b""));
     assert!(out.code == 2 && out.stderr.contains("only one of"), "{out:?}");
 }
+
+/// The Standard Webhooks libraries' published ed25519 (`v1a`) vector: the
+/// signing key's seed is the base64 of "TESTSIGNINGKEYDONOTUSETHISFORANY".
+#[test]
+fn hookrelay_verify_checks_v1a_with_a_public_key() {
+    use hookrelay::delivery::signing::SigningKey;
+    let public =
+        SigningKey::parse("whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=").expect("signing key").verification_key();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, vector::BODY).expect("body");
+    let v1a = "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
+    let args = |signature: &str| {
+        [
+            "-H".to_owned(),
+            "webhook-id: msg_p5jXN8AQM9LWM0D4loKWxJek".to_owned(),
+            "-H".to_owned(),
+            format!("webhook-timestamp: {}", vector::TIMESTAMP),
+            "-H".to_owned(),
+            format!("webhook-signature: {signature}"),
+            "--body-file".to_owned(),
+            body.display().to_string(),
+            "--now".to_owned(),
+            vector::TIMESTAMP.to_owned(),
+        ]
+    };
+    let run = |key: &str, signature: &str| {
+        let args = args(signature);
+        hookrelay_verify(Some(key), &args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    };
+    let out = run(&public, v1a);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("1 v1a entry, one of which matches this public key"), "{out:?}");
+    // A whsec_ secret names the v1a entry it cannot check.
+    let out = run(vector::SECRET, v1a);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("also 1 v1a entry, which this secret cannot check"), "{out:?}");
+    // A changed signature does not verify.
+    let forged = v1a.replace("tQ9V", "tQ9W");
+    let out = run(&public, &forged);
+    assert!(out.code == 1 && out.stdout.contains("none of which matches this public key"), "{out:?}");
+}

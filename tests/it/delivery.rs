@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hookrelay::config::{Config, DeliveryConfig};
 use hookrelay::delivery::client::{Client, EXCERPT_BYTES};
 use hookrelay::delivery::dispatcher::Dispatcher;
-use hookrelay::delivery::signing::{WebhookSecret, verify_courier, verify_standard};
+use hookrelay::delivery::signing::{VerifyKey, WebhookSecret, verify_courier, verify_standard};
 use hookrelay::delivery::ssrf::AddressPolicy;
 use hookrelay::delivery::{AttemptRecord, DeliveryState, Health, Lease, Recorded};
 use hookrelay::domain::{DeliveryId, MessageId, SubscriptionId};
@@ -33,6 +33,7 @@ backend_tests!(
     replay_resends_the_current_state,
     manual_retry_and_test_ping,
     rotation_and_the_courier_scheme,
+    ed25519_subscriptions_sign_with_a_key_only_hookrelay_holds,
     an_expired_lease_is_taken_over,
     subscription_settings_are_checked,
     shutdown_finishes_attempts_and_releases_the_rest,
@@ -68,14 +69,22 @@ async fn driven(backend: Backend, schedule: Vec<f64>) -> Option<(TestApp, Dispat
     Some((app, worker))
 }
 
-async fn subscribe(app: &TestApp, body: Value) -> (String, WebhookSecret) {
+async fn subscribe(app: &TestApp, body: Value) -> (String, VerifyKey) {
     let (status, sub) = app.post("/subscriptions", body).await;
     assert_eq!(status, 201, "{sub}");
-    let secret = WebhookSecret::parse(sub["secret"].as_str().expect("secret")).expect("whsec_");
+    let secret = VerifyKey::parse(sub["secret"].as_str().expect("secret")).expect("whsec_ or whpk_");
     (sub["id"].as_str().expect("id").to_owned(), secret)
 }
 
-fn verify(secret: &WebhookSecret, r: &crate::sink::Received) {
+/// The `whsec_` secret behind a key (Courier signatures need it).
+fn hmac(key: &VerifyKey) -> &WebhookSecret {
+    match key {
+        VerifyKey::Hmac(secret) => secret,
+        VerifyKey::Ed25519Public(_) => panic!("an HMAC subscription"),
+    }
+}
+
+fn verify(secret: &VerifyKey, r: &crate::sink::Received) {
     let now = hookrelay::clock::now_ms();
     verify_standard(
         secret,
@@ -367,7 +376,7 @@ async fn rotation_and_the_courier_scheme(backend: Backend) {
     let (status, rotated) =
         app.post(&format!("/subscriptions/{sub}/rotate-secret"), json!({"overlap_seconds": 3600})).await;
     assert_eq!(status, 200, "{rotated}");
-    let new = WebhookSecret::parse(rotated["secret"].as_str().expect("secret")).expect("whsec_");
+    let new = VerifyKey::parse(rotated["secret"].as_str().expect("secret")).expect("whsec_");
     assert_ne!(new, old);
     assert_eq!(rotated["previous"].as_array().map(Vec::len), Some(1));
     let (_, shown) = app.get(&format!("/subscriptions/{sub}/secret")).await;
@@ -388,14 +397,87 @@ async fn rotation_and_the_courier_scheme(backend: Backend) {
 
     let courier = Sink::start().await;
     let (_, c) = app
-        .post("/subscriptions", json!({"url": courier.url("/"), "signature_scheme": "courier", "secret": old.expose()}))
+        .post(
+            "/subscriptions",
+            json!({"url": courier.url("/"), "signature_scheme": "courier", "secret": hmac(&old).expose()}),
+        )
         .await;
     assert_eq!(c["signature_scheme"], "courier");
     app.register(json!({"id": "cour"})).await;
     let r = courier.next().await;
     assert!(r.headers.get("webhook-signature").is_none());
-    verify_courier(&old, r.header("courier-signature"), &r.body, hookrelay::clock::now_ms(), 300)
+    verify_courier(hmac(&old), r.header("courier-signature"), &r.body, hookrelay::clock::now_ms(), 300)
         .expect("a valid courier-signature");
+}
+
+async fn ed25519_subscriptions_sign_with_a_key_only_hookrelay_holds(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, fast).await else { return };
+    let sink = Sink::start().await;
+    let (status, created) = app
+        .post("/subscriptions", json!({"url": sink.url("/"), "signature_scheme": "standard-webhooks-ed25519"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sub = created["id"].as_str().expect("id").to_owned();
+    let public = created["secret"].as_str().expect("secret");
+    assert!(public.starts_with("whpk_"), "a consumer gets the public key: {public}");
+    let (_, shown) = app.get(&format!("/subscriptions/{sub}/secret")).await;
+    assert_eq!(shown["secret"], public);
+    assert_eq!(shown["signature_scheme"], "standard-webhooks-ed25519");
+    let key = VerifyKey::parse(public).expect("whpk_");
+    app.register(json!({"id": "ed-1"})).await;
+    let r = sink.next().await;
+    assert!(r.header("webhook-signature").starts_with("v1a,"), "{}", r.header("webhook-signature"));
+    verify(&key, &r);
+
+    // A rotation keeps the old key signing during the overlap.
+    let (status, rotated) = app.post(&format!("/subscriptions/{sub}/rotate-secret"), json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = VerifyKey::parse(rotated["secret"].as_str().expect("secret")).expect("whpk_");
+    assert_ne!(new, key);
+    app.register(json!({"id": "ed-2"})).await;
+    let r = sink.next().await;
+    assert_eq!(r.header("webhook-signature").matches("v1a,").count(), 2);
+    verify(&new, &r);
+    verify(&key, &r);
+
+    // A whsec_ secret is not an ed25519 key, and the other way round.
+    let (status, body) = app
+        .post(
+            "/subscriptions",
+            json!({"url": sink.url("/"), "signature_scheme": "standard-webhooks-ed25519",
+                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().expect("message").contains("ed25519"), "{body}");
+    let seed = "whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=";
+    let (status, body) = app.post("/subscriptions", json!({"url": sink.url("/"), "secret": seed})).await;
+    assert_eq!(status, 400, "{body}");
+    // A given signing key is used, and only its public half is shown.
+    let (status, body) = app
+        .post(
+            "/subscriptions",
+            json!({"url": sink.url("/x"), "signature_scheme": "standard-webhooks-ed25519", "secret": seed}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["secret"].as_str().expect("secret").starts_with("whpk_"));
+    assert!(!body.to_string().contains("VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk"), "{body}");
+    assert_eq!(app.delete(&format!("/subscriptions/{}", body["id"].as_str().expect("id"))).await, 204);
+
+    // Moving to HMAC makes a whsec_ secret; the ed25519 key signs beside it for the overlap.
+    let (status, patched) =
+        app.patch(&format!("/subscriptions/{sub}"), json!({"signature_scheme": "standard-webhooks"})).await;
+    assert_eq!(status, 200, "{patched}");
+    let (_, shown) = app.get(&format!("/subscriptions/{sub}/secret")).await;
+    let secret = VerifyKey::parse(shown["secret"].as_str().expect("secret")).expect("whsec_");
+    assert!(matches!(secret, VerifyKey::Hmac(_)), "{shown}");
+    app.register(json!({"id": "ed-3"})).await;
+    let r = sink.next().await;
+    let header = r.header("webhook-signature");
+    assert!(header.starts_with("v1,") && header.contains(" v1a,"), "{header}");
+    verify(&secret, &r);
+    verify(&new, &r);
 }
 
 async fn an_expired_lease_is_taken_over(backend: Backend) {
