@@ -488,7 +488,7 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| ConfigError::invalid("server.listen", format!("`{}`: {e}", self.server.listen)))?;
         let public = &self.server.public_url;
-        if !(public.is_empty() || public.starts_with("http://") || public.starts_with("https://")) {
+        if !(public.is_empty() || public_scheme(public).is_some()) {
             return Err(ConfigError::invalid("server.public_url", "must start with http:// or https://"));
         }
         if self.server.body_limit_bytes < 1024 {
@@ -643,14 +643,22 @@ impl Config {
         self.server.listen.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
-    /// The public base URL without a trailing slash.
+    /// The public base URL without a trailing slash, its scheme in lower
+    /// case (schemes are case-insensitive; `HTTPS://` is accepted).
     pub fn public_url(&self, bound: SocketAddr) -> String {
-        if self.server.public_url.is_empty() {
-            format!("http://{bound}")
-        } else {
-            self.server.public_url.trim_end_matches('/').to_owned()
+        let public = self.server.public_url.trim_end_matches('/');
+        match public_scheme(public) {
+            Some(scheme) => format!("{scheme}{}", &public[scheme.len()..]),
+            None => format!("http://{bound}"),
         }
     }
+}
+
+/// `http://` or `https://` when `url` starts with either, in any case.
+fn public_scheme(url: &str) -> Option<&'static str> {
+    ["https://", "http://"].into_iter().find(|scheme| {
+        url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) && url.len() > scheme.len()
+    })
 }
 
 /// Sets the key named by one `HOOKRELAY__A__B` variable in `table`.
@@ -808,6 +816,23 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(redact_url("postgres://user:pw@host/db"), "postgres://user:***@host/db");
         assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
+    }
+
+    #[test]
+    fn public_url_schemes_are_case_insensitive() {
+        let bound = SocketAddr::from(([127, 0, 0, 1], 9000));
+        for (given, public) in [
+            ("HTTPS://Relay.example.com/", "https://Relay.example.com"),
+            ("Http://relay.example.com/base", "http://relay.example.com/base"),
+            ("", "http://127.0.0.1:9000"),
+        ] {
+            let config = Config::load_from(None, env(&[("HOOKRELAY__SERVER__PUBLIC_URL", given)])).expect(given);
+            assert_eq!(config.public_url(bound), public);
+        }
+        for bad in ["ftp://relay.example.com", "relay.example.com", "https://"] {
+            let err = Config::load_from(None, env(&[("HOOKRELAY__SERVER__PUBLIC_URL", bad)])).expect_err(bad);
+            assert!(err.to_string().contains("server.public_url"), "{err}");
+        }
     }
 
     #[test]

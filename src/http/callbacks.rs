@@ -14,7 +14,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -124,6 +124,9 @@ impl CertificateCache {
         }
     }
 }
+
+/// The challenge of a 401 for a source that takes basic credentials.
+const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"hookrelay\"");
 
 /// Answer to an accepted callback.
 #[derive(Debug, Serialize, ToSchema)]
@@ -256,7 +259,13 @@ async fn receive(
     if let Err(e) = verified {
         tracing::info!(source = name, reason = %e, "callback refused");
         count(name, "unauthorized");
-        return refuse(StatusCode::UNAUTHORIZED, "callback authentication failed");
+        let mut response = refuse(StatusCode::UNAUTHORIZED, "callback authentication failed");
+        if source.basic_auth {
+            // Twilio (like a browser) sends a URL's credentials only after
+            // the first request without them is challenged.
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+        }
+        return response;
     }
 
     let parsed = match source.parse(&req) {
@@ -271,7 +280,8 @@ async fn receive(
         Some(Action::ConfirmSubscription { topic_arn, subscribe_url }) => {
             return confirm_subscription(callbacks, source, topic_arn, subscribe_url).await;
         }
-        Some(Action::Ignore { why }) => tracing::debug!(source = name, why, "callback carries nothing to record"),
+        // Answered 200 so that the provider does not retry it.
+        Some(Action::Ignore { why }) => tracing::info!(source = name, why, "verified callback records nothing"),
         None => {}
     }
     let skipped = parsed.skipped;

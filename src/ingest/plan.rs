@@ -15,6 +15,10 @@ use crate::domain::{
     DeliveryId, EventKind, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
 };
 
+/// Longest recipient a callback may give a message (the API's limit):
+/// a longer one stays in the event's history only.
+pub const MAX_RECIPIENT_LEN: usize = 512;
+
 /// The keys the store must look up before planning a batch.
 #[derive(Debug, Default, PartialEq)]
 pub struct Lookups {
@@ -372,6 +376,15 @@ impl Planner<'_> {
         }
         if !self.work.contains_key(&id) {
             self.create(id.clone(), event.ts);
+        }
+        // A message made from callbacks is found by its recipient like a
+        // registered one (a recipient the sender gave is kept).
+        if let Some(recipient) = event.recipient.as_ref().filter(|r| !r.is_empty() && r.len() <= MAX_RECIPIENT_LEN)
+            && let Some(work) = self.work.get_mut(&id)
+            && work.record.recipient.is_none()
+        {
+            work.record.recipient = Some(recipient.clone());
+            work.dirty = true;
         }
         match (&target.provider, owner) {
             // Another named message keeps its provider id; this event is

@@ -294,6 +294,10 @@ pub struct Source {
     pub kind: ProviderKind,
     pub context: ParseContext,
     credentials: Credentials,
+    /// Whether callbacks must carry HTTP basic credentials: a refusal then
+    /// carries a `Basic` challenge, which some providers wait for before
+    /// they send the credentials (Twilio).
+    pub basic_auth: bool,
 }
 
 impl Source {
@@ -327,6 +331,7 @@ impl Source {
             kind,
             context: ParseContext { provider, id_field: cfg.id_field.clone(), machine_events_change_status: false },
             credentials,
+            basic_auth: cfg.username.is_some(),
         })
     }
 

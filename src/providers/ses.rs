@@ -315,7 +315,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
                 ..Parsed::default()
             })
         }
-        Some("UnsubscribeConfirmation") => Ok(Parsed::ignore("SNS unsubscribe confirmation")),
+        Some("UnsubscribeConfirmation") => Ok(Parsed::ignore("SNS message of type UnsubscribeConfirmation")),
         Some(_) => Err(ParseError::new("unknown SNS message Type")),
         None => Err(ParseError::new("missing Type")),
     }
@@ -328,11 +328,13 @@ fn notification(env: &Map<String, Value>, ctx: &ParseContext, received_at: i64) 
     // the topic by hand.
     let record = match serde_json::from_str::<Value>(message) {
         Ok(record @ Value::Object(_)) => record,
-        _ => return Ok(Parsed::ignore("SNS notification that is not an SES event")),
+        _ => return Ok(Parsed::ignore("SNS message of type Notification that is not an SES event")),
     };
-    let name = str_field(&record, "eventType")
-        .or_else(|| str_field(&record, "notificationType"))
-        .ok_or_else(|| ParseError::new("Message is not an SES event: no eventType or notificationType"))?;
+    // Anything else published to the topic is verified and acknowledged, so
+    // that SNS does not retry it, and records nothing.
+    let Some(name) = str_field(&record, "eventType").or_else(|| str_field(&record, "notificationType")) else {
+        return Ok(Parsed::ignore("SNS message of type Notification that is not an SES event"));
+    };
     match name {
         // Sent once when identity notifications are set up on the topic.
         "AmazonSnsSubscriptionSucceeded" => return Ok(Parsed::ignore("SES notification subscription notice")),
@@ -1120,14 +1122,17 @@ mod tests {
         assert!(parse_body(&missing).is_err());
 
         let notice = parse_body(&fixture("ses", "generated-hookrelay-v2-validation-notice.json")).expect("parses");
-        assert_eq!(notice, Parsed::ignore("SNS notification that is not an SES event"));
+        assert_eq!(notice, Parsed::ignore("SNS message of type Notification that is not an SES event"));
         assert_eq!(
             parse_body(&fixture("ses", "sns-notification-docs-example.json")).expect("parses").action,
-            Some(Action::Ignore { why: "SNS notification that is not an SES event" })
+            Some(Action::Ignore { why: "SNS message of type Notification that is not an SES event" })
         );
         let unsubscribed =
             with(&fixture("ses", "sns-subscription-confirmation.json"), "Type", json!("UnsubscribeConfirmation"));
-        assert_eq!(parse_body(&unsubscribed).expect("parses"), Parsed::ignore("SNS unsubscribe confirmation"));
+        assert_eq!(
+            parse_body(&unsubscribed).expect("parses"),
+            Parsed::ignore("SNS message of type UnsubscribeConfirmation")
+        );
         let succeeded = wrap(
             br#"{"notificationType":"AmazonSnsSubscriptionSucceeded","message":"You have successfully subscribed"}"#,
             "n",
@@ -1156,8 +1161,12 @@ mod tests {
         ] {
             assert!(parse_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        // JSON that is not an SES event, or an SES event without its mail.
-        assert!(parse_body(&wrap(br#"{"hello":"world"}"#, "x")).is_err());
+        // JSON that is not an SES event is acknowledged and records nothing;
+        // an SES event without its mail cannot be read.
+        assert_eq!(
+            parse_body(&wrap(br#"{"hello":"world"}"#, "x")).expect("parses"),
+            Parsed::ignore("SNS message of type Notification that is not an SES event")
+        );
         assert!(parse_body(&wrap(br#"{"eventType":"Send"}"#, "x")).is_err());
     }
 

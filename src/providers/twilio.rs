@@ -190,9 +190,27 @@ fn raw_event(fields: &[(String, String)]) -> Value {
     Value::Object(data)
 }
 
+/// The callback's fields: a form body, or a JSON object (sent with
+/// `bodySHA256` in the URL), whose values are taken as text.
+fn body_fields(body: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Ok(form_urlencoded::parse(body).into_owned().collect());
+    }
+    let object: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| ParseError::new(format!("invalid JSON body: {e}")))?;
+    Ok(object
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::Null => None,
+            Value::String(s) => Some((k, s)),
+            other => Some((k, other.to_string())),
+        })
+        .collect())
+}
+
 /// Parses one status callback into its event.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let fields: Vec<(String, String)> = form_urlencoded::parse(req.body).into_owned().collect();
+    let fields = body_fields(req.body)?;
     let status = field(&fields, "MessageStatus")
         .or_else(|| field(&fields, "SmsStatus"))
         .ok_or_else(|| ParseError::new("missing MessageStatus"))?;
@@ -377,6 +395,24 @@ mod tests {
             verify(&post(&url, &h, br#"{"MessageSid":"SM2"}"#, 0), &creds(&["12345"]), 0),
             Err(VerifyError::BadSignature)
         );
+    }
+
+    #[test]
+    fn json_bodies_are_parsed_like_forms() {
+        let json =
+            br#"{"MessageSid":"SM1","MessageStatus":"undelivered","ErrorCode":30007,"To":"+15005550006","Price":null}"#;
+        let url = "https://relay.example.com/callbacks/twilio?hookrelay_id=order-7&bodySHA256=ab";
+        let cb = parse_body(json, "Content-Type: application/json", url);
+        assert_eq!(cb.event.kind, EventKind::Status(Status::Undeliverable));
+        assert_eq!(cb.event.reason, Some(Reason::Filtered));
+        assert_eq!(cb.event.error.as_deref(), Some("30007"));
+        assert_eq!(cb.event.recipient.as_deref(), Some("+15005550006"));
+        assert_eq!(cb.target.id.as_ref().map(|id| id.as_str()), Some("order-7"));
+        let form = b"MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30007&To=%2B15005550006";
+        let from_form = parse_body(form, "Content-Type: application/x-www-form-urlencoded", url);
+        assert_eq!(cb.event.dedupe_key, from_form.event.dedupe_key, "one event whichever the encoding");
+        let bad = parse(&post(url, &HeaderMap::new(), b"{not json", 0), &context("twilio"));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -6,11 +6,18 @@ use hmac::{KeyInit, Mac};
 use hookrelay::config::{Secret, SourceConfig};
 use serde_json::json;
 use sha1::Sha1;
+use sha2::{Digest, Sha256};
 
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-backend_tests!(signed_status_callbacks_update_the_message, bad_signatures_are_refused);
+backend_tests!(
+    signed_status_callbacks_update_the_message,
+    bad_signatures_are_refused,
+    json_bodies_signed_by_their_hash_are_recorded,
+    basic_credentials_are_challenged_first,
+    a_callback_for_an_unknown_message_is_found_by_its_recipient,
+);
 
 const TOKEN: &str = "twilio-integration-auth-token";
 const PUBLIC_URL: &str = "https://relay.example.com";
@@ -121,4 +128,104 @@ async fn bad_signatures_are_refused(backend: Backend) {
     assert_eq!(app.history_types("sms-3").await, ["ENQUEUED"], "nothing was recorded");
     // The genuine one is accepted.
     assert_eq!(post(&app, query, &body, &sign(&url, &body)).await.0, 200);
+}
+
+/// Twilio's JSON callbacks: the body's SHA-256 goes in the URL
+/// (`bodySHA256`), which is signed with no POST fields.
+async fn json_bodies_signed_by_their_hash_are_recorded(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    app.register(json!({"id": "sms-json", "channel": "sms", "provider": "twilio"})).await;
+    let body = json!({"MessageSid": "SMjson0000000000000000000000000001", "MessageStatus": "delivered",
+                      "To": "+15558675310", "ErrorCode": null})
+    .to_string();
+    let query = format!("hookrelay_id=sms-json&bodySHA256={}", hex::encode(Sha256::digest(body.as_bytes())));
+    let signature = sign(&format!("{PUBLIC_URL}/callbacks/twilio?{query}"), "");
+    let (code, answer) = app
+        .post_raw(
+            &format!("/callbacks/twilio?{query}"),
+            &[("content-type", "application/json"), ("x-twilio-signature", &signature)],
+            body,
+        )
+        .await;
+    assert_eq!((code, answer.clone()), (200, json!({"accepted": 1, "duplicates": 0})), "{answer}");
+    let (_, m) = app.get("/messages/sms-json").await;
+    assert_eq!(m["status"], "DELIVERED", "{m}");
+}
+
+/// Twilio sends a URL's credentials only after a `Basic` challenge.
+async fn basic_credentials_are_challenged_first(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.server.public_url = PUBLIC_URL.into();
+        c.sources.push(SourceConfig {
+            username: Some("hooks".into()),
+            password: Some(Secret::new("basic-password")),
+            ..source()
+        });
+    })
+    .await
+    else {
+        return;
+    };
+    let query = "hookrelay_id=sms-basic";
+    let body = status_body("SMbasic", "sent", "");
+    let signature = sign(&format!("{PUBLIC_URL}/callbacks/twilio?{query}"), &body);
+    let url = app.url(&format!("/callbacks/twilio?{query}"));
+    let first = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", &signature)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(first.status(), 401);
+    assert_eq!(
+        first.headers().get("www-authenticate").and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"hookrelay\"")
+    );
+    let answered = app
+        .client
+        .post(&url)
+        .basic_auth("hooks", Some("basic-password"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(answered.status(), 200);
+    // A source without basic credentials challenges nothing.
+    let Some(plain) = spawn(backend).await else { return };
+    let (code, _) = post(&plain, query, &status_body("SMbasic", "sent", ""), "bad").await;
+    assert_eq!(code, 401);
+    let refused = plain
+        .client
+        .post(plain.url(&format!("/callbacks/twilio?{query}")))
+        .header("x-twilio-signature", "bad")
+        .body("MessageSid=SM1")
+        .send()
+        .await
+        .expect("POST");
+    assert!(refused.headers().get("www-authenticate").is_none());
+}
+
+/// A message made from a callback takes the callback's recipient, so the
+/// log's recipient filter finds it.
+async fn a_callback_for_an_unknown_message_is_found_by_its_recipient(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let body = status_body("SMunknown000000000000000000000001", "delivered", "");
+    let url = format!("{PUBLIC_URL}/callbacks/twilio");
+    let (code, answer) = app
+        .post_raw(
+            "/callbacks/twilio",
+            &[("content-type", "application/x-www-form-urlencoded"), ("x-twilio-signature", &sign(&url, &body))],
+            body,
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, list) = app.get("/messages?recipient=%2B15558675310").await;
+    let results = list["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{list}");
+    assert_eq!(results[0]["provider_message_id"], "SMunknown000000000000000000000001");
 }

@@ -449,3 +449,38 @@ fn stored_a() -> MessageRecord {
     a.provider_message_id = Some("X-BATCH".into());
     a
 }
+
+#[test]
+fn a_message_made_from_callbacks_takes_their_recipient() {
+    let mut first = callback("pm-1", Status::Delivered, "k1");
+    let mut second = callback("pm-1", Status::Opened, "k2");
+    if let Command::Event { event, .. } = &mut first {
+        event.recipient = Some("ada@example.com".into());
+    }
+    if let Command::Event { event, .. } = &mut second {
+        event.recipient = Some("someone-else@example.com".into());
+    }
+    let plan = run(&[first, second], Loaded::default());
+    assert_eq!(plan.messages.len(), 1);
+    assert_eq!(plan.messages[0].record.recipient.as_deref(), Some("ada@example.com"), "the first one is kept");
+
+    // A recipient the sender registered is never replaced by a callback's.
+    let mut registered = MessageRecord::new(MessageId::parse("m1").expect("id"), NOW - 100);
+    registered.registered = true;
+    registered.recipient = Some("registered@example.com".into());
+    let mut named = callback("pm-2", Status::Delivered, "k3");
+    if let Command::Event { target, event, .. } = &mut named {
+        target.id = Some(MessageId::parse("m1").expect("id"));
+        event.recipient = Some("callback@example.com".into());
+    }
+    let plan = run(&[named], Loaded { messages: vec![registered], ..Loaded::default() });
+    assert_eq!(stored(&plan, "m1").recipient.as_deref(), Some("registered@example.com"));
+
+    // One too long for the list index stays in the history only.
+    let mut long = callback("pm-3", Status::Delivered, "k4");
+    if let Command::Event { event, .. } = &mut long {
+        event.recipient = Some("x".repeat(MAX_RECIPIENT_LEN + 1));
+    }
+    let plan = run(&[long], Loaded::default());
+    assert_eq!(plan.messages[0].record.recipient, None);
+}
