@@ -371,7 +371,13 @@ fn ingest_plan(c: &mut Criterion) {
         .into_iter()
         .map(|mut cb| {
             cb.event.scrub();
-            Command::Event { target: cb.target, event: Box::new(cb.event), create: true, want_message: false }
+            Command::Event {
+                target: cb.target,
+                event: Box::new(cb.event),
+                create: true,
+                want_message: false,
+                guard: None,
+            }
         })
         .collect();
     let now = SENDGRID_TS * 1000 + 60_000;

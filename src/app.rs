@@ -14,7 +14,8 @@ use crate::clock::now_ms;
 use crate::config::{Config, redact_url};
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::ssrf::AddressPolicy;
-use crate::http::auth::{ApiKeys, generate_key, hash_key};
+use crate::domain::{ApiKeyRecord, Scopes};
+use crate::http::auth::{ApiKeys, generate_key, new_key};
 use crate::http::callbacks::Callbacks;
 use crate::http::{self, AppState};
 use crate::ingest::{BatchWriter, Ingest};
@@ -30,19 +31,20 @@ pub struct Application {
     writer: BatchWriter,
     dispatcher: Dispatcher,
     generated_api_key: Option<String>,
+    stored_api_keys: usize,
     config: Config,
 }
 
 impl Application {
-    /// Opens and migrates the database, makes sure an API key exists and
-    /// binds the listener (port 0 picks a free port).
+    /// Opens and migrates the database, binds the listener (port 0 picks a
+    /// free port) and, last, makes sure an API key exists: a key generated
+    /// here is only stored once nothing else can fail, so the caller always
+    /// gets to show it.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         crate::net::install_crypto_provider();
         let store = store::open(&config.database)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
-        let generated_api_key = ensure_api_key(&config, &store).await?;
-        let keys = ApiKeys::load(&config.auth.api_keys, store.clone()).await;
         let sources = config.sources()?;
         let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
         let (dispatcher, handoff, delivery) =
@@ -66,6 +68,11 @@ impl Application {
                 tracing::warn!(%addr, "server.public_url is not set: tracked links point at this address");
             }
         }
+        let keys = Arc::new(ApiKeys::load(&config.auth.api_keys, store.clone()).await);
+        let (generated_api_key, stored_api_keys) = ensure_api_key(&config, &store).await?;
+        if generated_api_key.is_some() {
+            keys.reload().await;
+        }
         let state = Arc::new(AppState {
             store,
             ingest,
@@ -78,7 +85,7 @@ impl Application {
             tracking,
             max_replay: config.delivery.max_replay,
         });
-        Ok(Application { listener, addr, state, writer, dispatcher, generated_api_key, config })
+        Ok(Application { listener, addr, state, writer, dispatcher, generated_api_key, stored_api_keys, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -89,6 +96,13 @@ impl Application {
     /// key configured). It is not stored anywhere in clear.
     pub fn generated_api_key(&self) -> Option<&str> {
         self.generated_api_key.as_deref()
+    }
+
+    /// How many API keys the database holds, when the configuration gives
+    /// none and none was generated on this start (0 otherwise): the keys
+    /// are somewhere, and whoever lost theirs needs to know how to get one.
+    pub fn stored_api_keys(&self) -> usize {
+        self.stored_api_keys
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -105,6 +119,9 @@ impl Application {
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let delivery_stop = CancellationToken::new();
         let delivery = config.delivery.enabled.then(|| tokio::spawn(dispatcher.run(delivery_stop.clone(), grace)));
+        let keys_stop = CancellationToken::new();
+        let keys = tokio::spawn(state.keys.clone().run(keys_stop.clone()));
+        let maintenance = tokio::spawn(maintain(state.store.clone(), keys_stop.clone()));
         let router = http::router(state, config.server.body_limit_bytes);
         let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { server.await });
@@ -140,8 +157,31 @@ impl Application {
         if let Some(delivery) = delivery {
             delivery.await.context("the delivery worker failed")?;
         }
+        keys_stop.cancel();
+        let _ = keys.await;
+        let _ = maintenance.await;
         tracing::info!("hookrelay stopped");
         served.context("the HTTP server task failed")?.context("the HTTP server failed")
+    }
+}
+
+/// How often the maintenance task runs.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Until `stop`: forgets single-use callback tokens once their signatures
+/// would be refused as stale anyway (every process does it; deleting what
+/// another process deleted is harmless).
+async fn maintain(store: Arc<dyn Store>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+        }
+        match store.purge_callback_tokens(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tokens = n, "forgot expired callback tokens"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired callback tokens"),
+        }
     }
 }
 
@@ -174,21 +214,53 @@ async fn tracking_keys(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resul
     Ok(tracking)
 }
 
-/// Generates, stores (hashed) and returns an API key when none exists.
-async fn ensure_api_key(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Option<String>> {
-    if !config.auth.api_keys.is_empty() || !store.api_key_hashes().await?.is_empty() {
-        return Ok(None);
+/// Generates, stores (hashed) and returns an admin API key when none
+/// exists; otherwise counts the stored keys when none is configured.
+async fn ensure_api_key(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<(Option<String>, usize)> {
+    if !config.auth.api_keys.is_empty() {
+        return Ok((None, 0));
     }
-    let key = generate_key().map_err(|e| anyhow::anyhow!("no entropy for an API key: {e}"))?;
-    store.insert_api_key(&hash_key(&key), "generated on first start", now_ms()).await?;
-    tracing::info!("no API key was configured; generated one (printed once on stdout)");
-    Ok(Some(key))
+    let stored = store.api_keys().await?.len();
+    if stored > 0 {
+        return Ok((None, stored));
+    }
+    let (key, record) = new_key("generated on first start", Scopes::ADMIN, now_ms())
+        .map_err(|e| anyhow::anyhow!("no entropy for an API key: {e}"))?;
+    store.insert_api_key(&record).await?;
+    tracing::info!(api_key.id = %record.id, "no API key was configured; generated one (printed once on stdout)");
+    Ok((Some(key), 0))
 }
 
-/// Creates and stores a new API key (the `api-key create` command).
-pub async fn create_api_key(config: &Config, label: &str) -> anyhow::Result<String> {
+/// Creates and stores a new API key (`hookrelay api-key create`); returns
+/// the key, shown once, and its record.
+pub async fn create_api_key(config: &Config, name: &str, scopes: Scopes) -> anyhow::Result<(String, ApiKeyRecord)> {
     let store = store::open(&config.database).await.context("cannot open the database")?;
-    let key = generate_key().map_err(|e| anyhow::anyhow!("no entropy for an API key: {e}"))?;
-    store.insert_api_key(&hash_key(&key), label, now_ms()).await?;
+    let (key, record) =
+        new_key(name, scopes, now_ms()).map_err(|e| anyhow::anyhow!("no entropy for an API key: {e}"))?;
+    store.insert_api_key(&record).await?;
+    Ok((key, record))
+}
+
+/// The API keys stored in the database (`hookrelay api-key list`).
+pub async fn list_api_keys(config: &Config) -> anyhow::Result<Vec<ApiKeyRecord>> {
+    let store = store::open(&config.database).await.context("cannot open the database")?;
+    Ok(store.api_keys().await?)
+}
+
+/// Revokes the stored key named by its id or its prefix (`hookrelay
+/// api-key revoke`); a prefix must name exactly one key.
+pub async fn revoke_api_key(config: &Config, id_or_prefix: &str) -> anyhow::Result<ApiKeyRecord> {
+    let store = store::open(&config.database).await.context("cannot open the database")?;
+    let keys = store.api_keys().await?;
+    let matching: Vec<&ApiKeyRecord> =
+        keys.iter().filter(|k| k.id.as_str() == id_or_prefix || k.prefix.as_deref() == Some(id_or_prefix)).collect();
+    let key = match matching.as_slice() {
+        [key] => (*key).clone(),
+        [] => anyhow::bail!("no stored API key has the id or prefix `{id_or_prefix}` (see `hookrelay api-key list`)"),
+        _ => anyhow::bail!("several keys have the prefix `{id_or_prefix}`; give the key's id"),
+    };
+    if !store.revoke_api_key(&key.id).await? {
+        anyhow::bail!("the key was revoked meanwhile");
+    }
     Ok(key)
 }

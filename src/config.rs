@@ -23,6 +23,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub tracking: TrackingConfig,
     /// Provider accounts whose callbacks arrive at `POST /callbacks/{name}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
 }
 
@@ -358,10 +359,20 @@ impl SourceConfig {
     }
 }
 
-/// A secret from the configuration; never printed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret from the configuration; never printed, and serialized masked
+/// (`hookrelay check-config` prints the configuration as TOML).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// What a secret looks like when the configuration is printed.
+pub const MASKED: &str = "********";
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { MASKED })
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -634,6 +645,14 @@ impl Config {
         Ok(out)
     }
 
+    /// The configuration in force as TOML, every secret masked (API keys,
+    /// tracking keys, source credentials, the database password).
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
     pub fn database_url(&self) -> DatabaseUrl {
         // Validated at load; the fallback is unreachable in practice.
         DatabaseUrl::parse(&self.database.url).unwrap_or(DatabaseUrl::Sqlite("hookrelay.db".into()))
@@ -833,6 +852,35 @@ mod tests {
             let err = Config::load_from(None, env(&[("HOOKRELAY__SERVER__PUBLIC_URL", bad)])).expect_err(bad);
             assert!(err.to_string().contains("server.public_url"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_printed_configuration_hides_every_secret() {
+        let secrets = [
+            "db-password-123",
+            "api-key-0123456789abcdef",
+            "tracking-secret-0123456789abcdef0123456789",
+            "basic-password-xyz",
+            "mailgun-signing-key-abc",
+        ];
+        let text = format!(
+            "[database]\nurl = \"postgres://hookrelay:{}@db.internal:5432/relay\"\n\
+             [auth]\napi_keys = [\"{}\"]\n\
+             [tracking]\nkeys = [{{ id = \"k1\", secret = \"{}\" }}]\n\
+             [[sources]]\nname = \"pm\"\nprovider = \"postmark\"\nusername = \"hooks\"\npassword = \"{}\"\n\
+             [[sources]]\nname = \"mg\"\nprovider = \"mailgun\"\nsecrets = [\"{}\"]\n",
+            secrets[0], secrets[1], secrets[2], secrets[3], secrets[4]
+        );
+        let config = Config::load_from(Some(file(&text).path()), env(&[])).expect("valid");
+        let printed = config.to_masked_toml();
+        for secret in secrets {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("postgres://hookrelay:***@db.internal:5432/relay"), "{printed}");
+        assert!(printed.contains(MASKED) && printed.contains("username = \"hooks\""), "{printed}");
+        // It is TOML of the same shape (secrets aside).
+        let table: toml::Table = printed.parse().expect("TOML");
+        assert_eq!(table["sources"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

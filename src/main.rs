@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use hookrelay::config::Secret;
 use hookrelay::delivery::signing::{Scheme, VerifyKey};
 use hookrelay::delivery::verify::{self, Headers, Verdict};
+use hookrelay::domain::Scopes;
 use hookrelay::{Application, Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -88,10 +89,23 @@ fn scheme_arg(s: &str) -> Result<Scheme, String> {
 
 #[derive(Subcommand, Debug)]
 enum ApiKeyCommand {
-    /// Create a new API key and print it once.
+    /// Create a new API key and print it once (only its hash is stored).
     Create {
-        #[arg(long, default_value = "created with hookrelay api-key create")]
-        label: String,
+        /// Who or what the key is for.
+        #[arg(long, alias = "label", default_value = "created with hookrelay api-key create")]
+        name: String,
+        /// `read` (message logs, histograms, deliveries), `send` (register
+        /// messages, report events, tracking) or `admin` (everything);
+        /// repeat or separate with commas for several.
+        #[arg(long = "scope", value_name = "read|send|admin", value_delimiter = ',', default_value = "admin")]
+        scopes: Vec<String>,
+    },
+    /// List the stored keys: id, name, prefix, scopes, created, last used.
+    List,
+    /// Revoke a stored key, by its id or its prefix.
+    Revoke {
+        #[arg(value_name = "ID|PREFIX")]
+        key: String,
     },
 }
 
@@ -120,8 +134,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("hookrelay: {e:#}");
+            // Once, on stderr (where the log goes too), each cause once.
+            eprintln!("hookrelay: {}", hookrelay::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -135,16 +149,73 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::ApiKey { command: ApiKeyCommand::Create { label } } => {
-            let key = hookrelay::app::create_api_key(&config, &label).await?;
-            println!("{key}");
-            Ok(())
-        }
+        Command::ApiKey { command } => api_key_command(command, &config).await,
         Command::CheckConfig => {
-            println!("configuration is valid\n{config:#?}");
+            println!("# configuration is valid; the settings in force, secrets hidden:\n");
+            print!("{}", config.to_masked_toml());
             Ok(())
         }
         Command::Verify(_) => unreachable!("handled before the configuration is loaded"),
+    }
+}
+
+/// `hookrelay api-key ...`.
+async fn api_key_command(command: ApiKeyCommand, config: &Config) -> anyhow::Result<()> {
+    match command {
+        ApiKeyCommand::Create { name, scopes } => {
+            let name = hookrelay::http::api_keys::check_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let scopes = Scopes::parse(&scopes.join(",")).map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
+            let (key, record) = hookrelay::app::create_api_key(config, name, scopes).await?;
+            eprintln!("created {} ({}, scopes {}); the key is shown only this once:", record.id, record.name, scopes);
+            println!("{key}");
+        }
+        ApiKeyCommand::List => {
+            let keys = hookrelay::app::list_api_keys(config).await?;
+            if keys.is_empty() {
+                println!("no API keys are stored in the database");
+            }
+            let when = |ms: Option<i64>| ms.map_or_else(|| "never".to_owned(), hookrelay::clock::rfc3339);
+            let rows: Vec<[String; 6]> = keys
+                .iter()
+                .map(|k| {
+                    [
+                        k.id.to_string(),
+                        k.name.clone(),
+                        k.prefix.clone().unwrap_or_else(|| "-".into()),
+                        k.scopes.to_string(),
+                        when(Some(k.created_at)),
+                        when(k.last_used_at),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED"], &rows);
+        }
+        ApiKeyCommand::Revoke { key } => {
+            let revoked = hookrelay::app::revoke_api_key(config, &key).await?;
+            println!("revoked {} ({}); other processes stop accepting it within seconds", revoked.id, revoked.name);
+        }
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
 }
 
@@ -224,6 +295,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "\nNo API key was configured, so hookrelay generated one. It is shown only this once;\n\
              only its hash is stored. Keep it somewhere safe:\n\n    {key}\n\n\
              Use it as:  Authorization: Bearer {key}\n"
+        );
+    } else if app.stored_api_keys() > 0 {
+        println!(
+            "API keys: {} stored in the database (none in the configuration). Lost yours? Create another:\n    \
+             hookrelay api-key create --name <who> --scope admin",
+            app.stored_api_keys()
         );
     }
     println!("hookrelay listening on http://{}", app.local_addr());

@@ -18,7 +18,9 @@ pub fn init_logging(config: &LogConfig) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never into a file or pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
@@ -48,4 +50,45 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, each
+/// text once: a cause whose text its parent already includes (as many
+/// libraries' `Display` does) is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error connecting to server: {0}")]
+    struct Connect(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database unavailable: {0}")]
+    struct Unavailable(#[source] Connect);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Unavailable(Connect(root))).context("cannot open the database at postgres://h/db");
+        assert_eq!(
+            error_chain(e.as_ref()),
+            "cannot open the database at postgres://h/db: database unavailable: error connecting to server: \
+             Connection refused"
+        );
+    }
 }

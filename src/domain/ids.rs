@@ -120,6 +120,12 @@ string_id!(
     DeliveryId, prefix = "dlv_", max = 64, extra = "-_"
 );
 
+string_id!(
+    /// An API key's id (`key_` + UUIDv7), by which it is listed and revoked;
+    /// never the key itself.
+    ApiKeyId, prefix = "key_", max = 64, extra = "-_"
+);
+
 /// A provider's name as it appears on messages and in the `provider` filter:
 /// lowercase letters, digits, `-` and `_` (`sendgrid`, `amazon-ses`, `my_smtp`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -2,12 +2,14 @@
 //! the message record. Pure: no I/O, no clock, no randomness except the id
 //! generators, which take nothing from the environment but entropy.
 
+pub mod api_key;
 pub mod event;
 pub mod ids;
 pub mod message;
 pub mod status;
 
+pub use api_key::{ApiKeyRecord, Scope, Scopes};
 pub use event::{EventKind, NormalizedEvent, Reason, Target};
-pub use ids::{Channel, DeliveryId, MessageId, ProviderName, ProviderRef, SubscriptionId};
+pub use ids::{ApiKeyId, Channel, DeliveryId, MessageId, ProviderName, ProviderRef, SubscriptionId};
 pub use message::{MessageRecord, MessageView};
 pub use status::{MessageState, Milestones, Status};

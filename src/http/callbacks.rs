@@ -17,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,7 +26,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::BodyLimit;
 use crate::clock::now_ms;
-use crate::ingest::{Command, Outcome};
+use crate::ingest::{Command, Outcome, ReplayGuard};
 use crate::providers::{Action, CallbackRequest, CertificateStore, Source};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -200,6 +201,18 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, Json(ErrorBody { message: message.to_owned(), kind })).into_response()
 }
 
+/// 401 for a callback that does not verify, with a `Basic` challenge when
+/// the source takes basic credentials (Twilio, like a browser, sends a URL's
+/// credentials only after the first request without them is challenged).
+fn unauthorized(source: &Source) -> Response {
+    count(&source.name, "unauthorized");
+    let mut response = refuse(StatusCode::UNAUTHORIZED, "callback authentication failed");
+    if source.basic_auth {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+    }
+    response
+}
+
 fn count(source: &str, result: &'static str) {
     metrics::counter!("hookrelay_callbacks_total", "source" => source.to_owned(), "result" => result).increment(1);
 }
@@ -256,17 +269,13 @@ async fn receive(
         Ok(None) => source.verify(&req, now, &callbacks.certificates),
         Err(e) => Err(e),
     };
-    if let Err(e) = verified {
-        tracing::info!(source = name, reason = %e, "callback refused");
-        count(name, "unauthorized");
-        let mut response = refuse(StatusCode::UNAUTHORIZED, "callback authentication failed");
-        if source.basic_auth {
-            // Twilio (like a browser) sends a URL's credentials only after
-            // the first request without them is challenged.
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+    let verified = match verified {
+        Ok(verified) => verified,
+        Err(e) => {
+            tracing::info!(source = name, reason = %e, "callback refused");
+            return unauthorized(source);
         }
-        return response;
-    }
+    };
 
     let parsed = match source.parse(&req) {
         Ok(parsed) => parsed,
@@ -296,16 +305,35 @@ async fn receive(
         count(name, "empty");
         return Json(Accepted::NOTHING).into_response();
     }
+    let guard = verified.single_use.map(|single_use| {
+        Box::new(ReplayGuard {
+            source: name.to_owned(),
+            token: single_use.token,
+            body_hash: hex::encode(&Sha256::digest(&body)[..16]),
+            expires_at: single_use.expires_at,
+        })
+    });
     let commands: Vec<Command> = parsed
         .callbacks
         .into_iter()
         .map(|mut cb| {
             cb.event.scrub();
-            Command::Event { target: cb.target, event: Box::new(cb.event), create: true, want_message: false }
+            Command::Event {
+                target: cb.target,
+                event: Box::new(cb.event),
+                create: true,
+                want_message: false,
+                guard: guard.clone(),
+            }
         })
         .collect();
     let events = commands.len();
     match state.ingest.submit(commands).await {
+        Ok(outcomes) if outcomes.contains(&Outcome::Replayed) => {
+            // A genuine token, seen before with another body: a replay.
+            tracing::warn!(source = name, "callback refused: its single-use token came before with another body");
+            unauthorized(source)
+        }
         Ok(outcomes) => {
             let duplicates = outcomes.iter().filter(|o| matches!(o, Outcome::Applied { duplicate: true, .. })).count();
             metrics::counter!("hookrelay_callback_events_total", "source" => name.to_owned()).increment(events as u64);

@@ -226,6 +226,7 @@ fn unexpected(outcome: &Outcome) -> ApiError {
         Outcome::Canceled { .. } => "Canceled",
         Outcome::Conflict { .. } => "Conflict",
         Outcome::ProviderIdTaken { .. } => "ProviderIdTaken",
+        Outcome::Replayed => "Replayed",
         Outcome::NotFound => "NotFound",
     };
     ApiError::Internal(format!("unexpected ingest outcome {variant}").into())
@@ -331,6 +332,7 @@ impl EventRequest {
             event: Box::new(event),
             create: false,
             want_message: true,
+            guard: None,
         })
     }
 }

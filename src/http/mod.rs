@@ -2,6 +2,7 @@
 //! shape. Handlers validate input, turn it into ingest commands or store
 //! queries, and shape the answer; they hold no state of their own.
 
+pub mod api_keys;
 pub mod auth;
 pub mod callbacks;
 pub mod deliveries;
@@ -34,7 +35,7 @@ use extract::BodyLimit;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub ingest: Ingest,
-    pub keys: ApiKeys,
+    pub keys: Arc<ApiKeys>,
     pub metrics: PrometheusHandle,
     /// `Retry-After` seconds for 503 answers.
     pub retry_after: u64,
@@ -103,6 +104,7 @@ pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::Op
         .merge(subscriptions::routes())
         .merge(deliveries::routes())
         .merge(tracking::protected_routes())
+        .merge(api_keys::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)

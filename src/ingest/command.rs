@@ -24,6 +24,20 @@ pub struct Registration {
     pub ts: i64,
 }
 
+/// A provider's single-use callback token (Mailgun signs a timestamp and a
+/// token, not the event): remembered, with a hash of the body it came with,
+/// until its signature stops being accepted, so that the same token with
+/// another body is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayGuard {
+    /// The configured source's name: tokens are per provider account.
+    pub source: String,
+    pub token: String,
+    pub body_hash: String,
+    /// When the signature stops being accepted (epoch ms).
+    pub expires_at: i64,
+}
+
 /// One unit of work for the batch writer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
@@ -38,6 +52,9 @@ pub enum Command {
         create: bool,
         /// Return the message as it stands after the event.
         want_message: bool,
+        /// A single-use token the callback was signed with, which may not
+        /// come with another body.
+        guard: Option<Box<ReplayGuard>>,
     },
     /// Move a message that has not been sent to CANCELED.
     Cancel {
@@ -66,6 +83,9 @@ pub enum Outcome {
     Canceled {
         message: Box<MessageRecord>,
     },
+    /// The event's single-use token was used before with another body:
+    /// nothing was recorded (the edge answers 401).
+    Replayed,
     /// The message is past the point where it could be canceled.
     Conflict {
         status: Status,

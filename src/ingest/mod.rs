@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use command::{Command, Outcome, Registration};
+pub use command::{Command, Outcome, Registration, ReplayGuard};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

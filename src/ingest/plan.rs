@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::command::{Command, Outcome, Registration};
+use super::command::{Command, Outcome, Registration, ReplayGuard};
 use crate::domain::event::dedupe_key;
 use crate::domain::{
     DeliveryId, EventKind, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
@@ -26,6 +26,8 @@ pub struct Lookups {
     pub provider_refs: Vec<ProviderRef>,
     pub idempotency_keys: Vec<String>,
     pub dedupe_keys: Vec<String>,
+    /// Single-use callback tokens, as `(source, token)`.
+    pub tokens: Vec<(String, String)>,
 }
 
 impl Lookups {
@@ -45,7 +47,10 @@ impl Lookups {
                         l.provider_refs.push(pref);
                     }
                 }
-                Command::Event { target, event, .. } => {
+                Command::Event { target, event, guard, .. } => {
+                    if let Some(g) = guard {
+                        l.tokens.push((g.source.clone(), g.token.clone()));
+                    }
                     if let Some(id) = &target.id {
                         l.ids.push(id.clone());
                     }
@@ -68,6 +73,8 @@ impl Lookups {
         l.idempotency_keys.dedup();
         l.dedupe_keys.sort();
         l.dedupe_keys.dedup();
+        l.tokens.sort();
+        l.tokens.dedup();
         l
     }
 }
@@ -99,6 +106,8 @@ pub struct Loaded {
     pub messages: Vec<MessageRecord>,
     pub existing_dedupe_keys: HashSet<String>,
     pub subscriptions: Vec<SubscriptionFilter>,
+    /// Body hashes of the single-use tokens already recorded, by `(source, token)`.
+    pub tokens: HashMap<(String, String), String>,
 }
 
 /// A message row to write.
@@ -169,6 +178,8 @@ pub struct Plan {
     /// database and its history and deliveries move to `into`.
     pub merges: Vec<(MessageId, MessageId)>,
     pub deliveries: Vec<DeliveryRow>,
+    /// Single-use tokens seen for the first time, to remember.
+    pub tokens: Vec<ReplayGuard>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -206,6 +217,8 @@ struct Planner<'a> {
     by_idempotency: HashMap<String, MessageId>,
     seen_keys: HashSet<String>,
     existing_keys: HashSet<String>,
+    /// Body hashes of single-use tokens, recorded before or in this batch.
+    tokens: HashMap<(String, String), String>,
     /// Records merged away in this batch, and where they went.
     merged: HashMap<MessageId, MessageId>,
     plan: Plan,
@@ -213,7 +226,7 @@ struct Planner<'a> {
 
 /// Plans one batch. `now` is epoch ms; `timestamp` its RFC 3339 form.
 pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -> Plan {
-    let Loaded { messages, existing_dedupe_keys, subscriptions } = loaded;
+    let Loaded { messages, existing_dedupe_keys, subscriptions, tokens } = loaded;
     let mut p = Planner {
         now,
         timestamp,
@@ -223,6 +236,7 @@ pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -
         by_idempotency: HashMap::new(),
         seen_keys: HashSet::with_capacity(commands.len()),
         existing_keys: existing_dedupe_keys,
+        tokens,
         merged: HashMap::new(),
         plan: Plan::default(),
     };
@@ -233,7 +247,10 @@ pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -
     for command in commands {
         let outcome = match command {
             Command::Register(r) => p.register(r),
-            Command::Event { target, event, create, want_message } => p.event(target, event, *create, *want_message),
+            Command::Event { guard: Some(guard), .. } if !p.admit(guard) => Outcome::Replayed,
+            Command::Event { target, event, create, want_message, .. } => {
+                p.event(target, event, *create, *want_message)
+            }
             Command::Cancel { id, ts } => p.cancel(id, *ts),
         };
         p.plan.outcomes.push(outcome);
@@ -289,6 +306,21 @@ impl Planner<'_> {
     /// shares a provider id with another (one send to several recipients).
     fn is_anonymous(&self, id: &MessageId) -> bool {
         id.is_generated() && !self.is_registered(id)
+    }
+
+    /// Whether a single-use token may come with this body: it is new (and
+    /// is remembered from now on) or it came with this very body before (a
+    /// retry, which dedupe answers as a duplicate).
+    fn admit(&mut self, guard: &ReplayGuard) -> bool {
+        let key = (guard.source.clone(), guard.token.clone());
+        match self.tokens.get(&key) {
+            Some(hash) => *hash == guard.body_hash,
+            None => {
+                self.tokens.insert(key, guard.body_hash.clone());
+                self.plan.tokens.push(guard.clone());
+                true
+            }
+        }
     }
 
     fn is_duplicate(&self, key: &str) -> bool {

@@ -3,9 +3,12 @@
 //!
 //! Authenticity: `signature = hex(HMAC-SHA256(signing key, timestamp + token))`,
 //! carried in the body (the `signature` object, or form fields). The scheme
-//! covers only the timestamp and token, not the event, so a timestamp window
-//! bounds replays and dedupe keys make replays harmless. Several signing
-//! keys may be configured during a rotation.
+//! covers only the timestamp and token, not the event: anyone holding one
+//! signed callback could send its signature with another event within the
+//! timestamp window. So [`verify_token`] hands the token to the edge, which
+//! has the batch writer remember it (with a hash of the body) until the
+//! window closes; the same token with another body is refused. Several
+//! signing keys may be configured during a rotation.
 //!
 //! Correlation: hookrelay's id in `user-variables` (sent as `v:hookrelay_id`
 //! or `X-Mailgun-Variables`), else the `message-id` header Mailgun returned
@@ -16,7 +19,7 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::common::{self, HttpAuth, check_window, ct_eq, json_seconds_to_ms, key_from_id, key_from_parts, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
+use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, SingleUse, VerifyError};
 use crate::config::{Secret, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
@@ -122,6 +125,16 @@ fn signature_matches(key: &[u8], timestamp: &str, token: &str, signature: &str) 
 
 /// Checks the signature (any configured key) and the timestamp window.
 pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Result<(), VerifyError> {
+    verify_token(req, creds, now).map(|_| ())
+}
+
+/// Longest token accepted (Mailgun's are 50 characters).
+const MAX_TOKEN: usize = 256;
+
+/// [`verify`], returning the signed token: the signature covers only the
+/// timestamp and the token, so the edge remembers each token (with the body
+/// it came with) until its signature would be refused as stale.
+pub fn verify_token(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Result<SingleUse, VerifyError> {
     creds.http.check(req.headers)?;
     let body = read_body(req).map_err(VerifyError::Malformed)?;
     let sig = signature_fields(&body)?;
@@ -137,7 +150,12 @@ pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Resul
     if !matched {
         return Err(VerifyError::BadSignature);
     }
-    check_window(ts, now, creds.tolerance)
+    check_window(ts, now, creds.tolerance)?;
+    if sig.token.len() > MAX_TOKEN {
+        return Err(VerifyError::Malformed("signature token"));
+    }
+    let tolerance = i64::try_from(creds.tolerance).unwrap_or(i64::MAX / 2_000);
+    Ok(SingleUse { token: sig.token, expires_at: ts.saturating_add(tolerance).saturating_mul(1000) })
 }
 
 /// Parses one webhook into its event.

@@ -65,6 +65,22 @@ pub enum VerifyError {
     TopicNotAllowed,
 }
 
+/// A single-use token a callback was signed with, and when its signature
+/// stops being accepted (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleUse {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// What verification vouches for besides authenticity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// The signature covers a single-use token rather than the body
+    /// (Mailgun): the token may not come again with another body.
+    pub single_use: Option<SingleUse>,
+}
+
 /// A verified body that cannot be understood. The message names what is
 /// wrong without quoting the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -351,7 +367,10 @@ impl Source {
         req: &CallbackRequest<'_>,
         now: i64,
         certificates: &dyn CertificateStore,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<Verified, VerifyError> {
+        if let Credentials::Mailgun(c) = &self.credentials {
+            return mailgun::verify_token(req, c, now).map(|token| Verified { single_use: Some(token) });
+        }
         match &self.credentials {
             Credentials::SendGrid(c) => sendgrid::verify(req, c, now),
             Credentials::Postmark(c) => postmark::verify(req, c, now),
@@ -364,6 +383,7 @@ impl Source {
             Credentials::SparkPost(c) => sparkpost::verify(req, c, now),
             Credentials::Vonage(c) => vonage::verify(req, c, now),
         }
+        .map(|()| Verified::default())
     }
 
     /// Parses a verified request.

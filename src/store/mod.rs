@@ -15,7 +15,8 @@ use crate::delivery::subscription::{PreviousSecret, Subscription};
 use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::event::Reason;
 use crate::domain::{
-    Channel, DeliveryId, MessageId, MessageRecord, MessageState, Milestones, ProviderName, Status, SubscriptionId,
+    ApiKeyId, ApiKeyRecord, Channel, DeliveryId, MessageId, MessageRecord, MessageState, Milestones, ProviderName,
+    Scopes, Status, SubscriptionId,
 };
 use crate::ingest::plan::DeliveryRow;
 use crate::ingest::{Command, Outcome};
@@ -246,10 +247,21 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// The history of a message in order, `None` when the message is unknown.
     async fn history(&self, id: &MessageId, kind: Option<&str>) -> Result<Option<Vec<HistoryEntry>>, StoreError>;
 
-    /// SHA-256 hashes (hex) of the API keys stored in the database.
-    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError>;
+    /// The API keys stored in the database (hashes, never keys), oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
-    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError>;
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Deletes a stored key; false when there is none with this id.
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<bool, StoreError>;
+
+    /// Records when keys were last used (a batch gathered in memory, so
+    /// that authenticating a request never writes).
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, i64)]) -> Result<(), StoreError>;
+
+    /// Deletes callback tokens whose signatures can no longer be accepted;
+    /// returns how many went.
+    async fn purge_callback_tokens(&self, now: i64) -> Result<u64, StoreError>;
 
     /// A setting hookrelay keeps for itself, if stored.
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
@@ -593,6 +605,22 @@ impl<'a> SubscriptionColumns<'a> {
             updated_at: s.updated_at,
         }
     }
+}
+
+/// The columns of `api_keys`, in the order [`decode_api_key`] reads them.
+pub(crate) const API_KEY_COLUMNS: &str = "id, name, prefix, hash, scopes, created_at, last_used_at";
+
+pub(crate) fn decode_api_key(row: &impl RowLike) -> Result<ApiKeyRecord, StoreError> {
+    let scopes = required(row.text(4)?, "scopes")?;
+    Ok(ApiKeyRecord {
+        id: ApiKeyId::from_trusted(required(row.text(0)?, "id")?),
+        name: required(row.text(1)?, "name")?,
+        prefix: row.text(2)?,
+        hash: required(row.text(3)?, "hash")?,
+        scopes: Scopes::parse(&scopes).map_err(|e| StoreError::other(format!("api_keys.scopes: {e}")))?,
+        created_at: required(row.int(5)?, "created_at")?,
+        last_used_at: row.int(6)?,
+    })
 }
 
 /// The columns of a delivery summary, in the order decoding expects.

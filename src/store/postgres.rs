@@ -23,29 +23,30 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Backend, BatchResult, Claim, DeliveryQuery, DeliveryStats, DeliverySummary, Disabled, GONE_REASON, HistoryEntry,
-    MessageColumns, MessageQuery, Param, RetryResult, RowLike, SUBSCRIPTION_COLUMNS, Store, StoreError,
-    SubscriptionColumns, decode_attempt, decode_delivery, decode_message, decode_subscription, failing_reason, handoff,
-    health_by_subscription, list_query,
+    API_KEY_COLUMNS, Backend, BatchResult, Claim, DeliveryQuery, DeliveryStats, DeliverySummary, Disabled, GONE_REASON,
+    HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike, SUBSCRIPTION_COLUMNS, Store, StoreError,
+    SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery, decode_message, decode_subscription,
+    failing_reason, handoff, health_by_subscription, list_query,
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
 use crate::delivery::subscription::Subscription;
 use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::DeliveryId;
-use crate::domain::{MessageId, MessageRecord, Status, SubscriptionId};
+use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, Status, SubscriptionId};
 use crate::ingest::Command;
 use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 
 /// Migrations, applied in order; the number is the schema version.
-const MIGRATIONS: &[(i32, &str)] = &[
+pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/migrations/0001_init.sql")),
     (2, include_str!("postgres/migrations/0002_settings.sql")),
     (3, include_str!("postgres/migrations/0003_lean_outbox.sql")),
     (4, include_str!("postgres/migrations/0004_status_in_filter_indexes.sql")),
     (5, include_str!("postgres/migrations/0005_lean_history.sql")),
     (6, include_str!("postgres/migrations/0006_byte_order_keys.sql")),
+    (7, include_str!("postgres/migrations/0007_key_scopes_and_callback_tokens.sql")),
 ];
 
 /// Serializes migrations between processes starting at once.
@@ -303,22 +304,53 @@ impl Store for PgStore {
         Ok(Some(out))
     }
 
-    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT hash FROM api_keys", &[]).await.map_err(classify)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");
+        let rows = client.query(&sql, &[]).await.map_err(classify)?;
+        rows.iter().map(decode_api_key).collect()
     }
 
-    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError> {
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
+        let scopes = key.scopes.to_string();
         client
             .execute(
-                "INSERT INTO api_keys (hash, label, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&hash, &label, &now],
+                &format!("INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                &[&key.id.as_str(), &key.name, &key.prefix, &key.hash, &scopes, &key.created_at, &key.last_used_at],
             )
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("DELETE FROM api_keys WHERE id = $1", &[&id.as_str()]).await.map_err(classify)?;
+        Ok(n == 1)
+    }
+
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, i64)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let ids: Vec<&str> = used.iter().map(|(id, _)| id.as_str()).collect();
+        let at: Vec<i64> = used.iter().map(|(_, at)| *at).collect();
+        client
+            .execute(
+                "UPDATE api_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, 0), u.at) \
+                 FROM UNNEST($1::text[], $2::int8[]) AS u(id, at) WHERE k.id = u.id",
+                &[&ids, &at],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn purge_callback_tokens(&self, now: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client.execute(sql::PURGE_TOKENS, &[&now]).await.map_err(classify)
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -750,10 +782,11 @@ type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64
 async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
     // Prepared once per connection; preparing first keeps the pipelined
     // requests below in order.
-    let (lock, dedupe, subs) = tokio::try_join!(
+    let (lock, dedupe, subs, tokens) = tokio::try_join!(
         tx.prepare_cached(sql::lock_messages()),
         tx.prepare_cached(sql::EXISTING_DEDUPE_KEYS),
         tx.prepare_cached(sql::ENABLED_SUBSCRIPTIONS),
+        tx.prepare_cached(sql::EXISTING_TOKENS),
     )
     .map_err(classify)?;
     let ids: Vec<&str> = lookups.ids.iter().map(MessageId::as_str).collect();
@@ -770,11 +803,21 @@ async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreEr
     let existing = async {
         if lookups.dedupe_keys.is_empty() { Ok(Vec::new()) } else { tx.query(&dedupe, &[&lookups.dedupe_keys]).await }
     };
+    let token_sources: Vec<&str> = lookups.tokens.iter().map(|(source, _)| source.as_str()).collect();
+    let token_values: Vec<&str> = lookups.tokens.iter().map(|(_, token)| token.as_str()).collect();
+    let known_tokens = async {
+        if token_values.is_empty() { Ok(Vec::new()) } else { tx.query(&tokens, &[&token_sources, &token_values]).await }
+    };
     // Joined without short-circuiting: after a failure the later requests
     // fail too ("transaction is aborted"); the cause is the first in order.
-    let (locked, existing, subscriptions) = tokio::join!(locked, existing, tx.query(&subs, &[]));
-    let (locked, existing, subscriptions) =
-        (locked.map_err(classify)?, existing.map_err(classify)?, subscriptions.map_err(classify)?);
+    let (locked, existing, subscriptions, known_tokens) =
+        tokio::join!(locked, existing, tx.query(&subs, &[]), known_tokens);
+    let (locked, existing, subscriptions, known_tokens) = (
+        locked.map_err(classify)?,
+        existing.map_err(classify)?,
+        subscriptions.map_err(classify)?,
+        known_tokens.map_err(classify)?,
+    );
     Ok(Loaded {
         messages: locked.iter().map(decode_message).collect::<Result<_, _>>()?,
         existing_dedupe_keys: existing.iter().map(|r| r.get(0)).collect(),
@@ -786,6 +829,7 @@ async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreEr
                 all_events: row.get(2),
             })
             .collect(),
+        tokens: known_tokens.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect(),
     })
 }
 
@@ -939,6 +983,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
         clear_refs,
         move_events,
         delete_message,
+        insert_tokens,
     ) = tokio::try_join!(
         tx.prepare_cached(sql::insert_messages()),
         tx.prepare_cached(sql::update_messages()),
@@ -949,6 +994,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
         tx.prepare_cached(sql::CLEAR_MERGED_KEYS),
         tx.prepare_cached(sql::MOVE_EVENTS),
         tx.prepare_cached(sql::DELETE_MESSAGES),
+        tx.prepare_cached(sql::INSERT_TOKENS),
     )
     .map_err(classify)?;
 
@@ -993,11 +1039,22 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
     let event_params: [&(dyn ToSql + Sync); 6] = [&ids, &keys, &ts, &received, &kinds, &details];
     let tag_params: [&(dyn ToSql + Sync); 3] = [&tags, &enqueued, &owners];
     let merged_params: [&(dyn ToSql + Sync); 1] = [&merged_away];
+    let (mut t_sources, mut t_tokens, mut t_hashes, mut t_expiry) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for g in &plan.tokens {
+        t_sources.push(g.source.as_str());
+        t_tokens.push(g.token.as_str());
+        t_hashes.push(g.body_hash.as_str());
+        t_expiry.push(g.expires_at);
+    }
+    let token_params: [&(dyn ToSql + Sync); 4] = [&t_sources, &t_tokens, &t_hashes, &t_expiry];
     let retag_params: [&(dyn ToSql + Sync); 1] = [&retag_ids];
 
     // In order: a record merged away gives up its unique keys before its
     // successor takes them; messages exist before history refers to them.
-    let mut ops: Vec<Pending<'_>> = Vec::with_capacity(12);
+    let mut ops: Vec<Pending<'_>> = Vec::with_capacity(13);
+    if !plan.tokens.is_empty() {
+        ops.push(Box::pin(tx.execute(&insert_tokens, &token_params)));
+    }
     if !merged_away.is_empty() {
         ops.push(Box::pin(tx.execute(&clear_refs, &merged_params)));
     }

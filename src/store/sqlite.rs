@@ -21,27 +21,30 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, Transactio
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
-    ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats, DeliverySummary,
-    Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
-    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_attempt, decode_delivery, decode_message,
-    decode_subscription, failing_reason, handoff, health_by_subscription, list_query, message_select_list,
+    API_KEY_COLUMNS, ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats,
+    DeliverySummary, Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
+    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery,
+    decode_message, decode_subscription, failing_reason, handoff, health_by_subscription, list_query,
+    message_select_list,
 };
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::{AttemptRecord, Health, Job, Lease, Recorded};
 use crate::domain::DeliveryId;
-use crate::domain::{MessageId, MessageRecord, SubscriptionId};
+use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, SubscriptionId};
 use crate::ingest::Command;
 use crate::ingest::plan::DeliveryRow;
 use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
 use crate::store::postgres::{history_entry, parse_statuses};
 
-const MIGRATIONS: &[(i32, &str)] = &[
+/// Migrations, applied in order; the number is the schema version.
+pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("sqlite/migrations/0001_init.sql")),
     (2, include_str!("sqlite/migrations/0002_settings.sql")),
     (3, include_str!("sqlite/migrations/0003_lean_outbox.sql")),
     (4, include_str!("sqlite/migrations/0004_status_in_filter_indexes.sql")),
+    (5, include_str!("sqlite/migrations/0005_key_scopes_and_callback_tokens.sql")),
 ];
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -313,24 +316,76 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT hash FROM api_keys").map_err(sqlite_error)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(sqlite_error)?;
-            rows.collect::<Result<_, _>>().map_err(sqlite_error)
+            let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            let mut rows = stmt.query([]).map_err(sqlite_error)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                out.push(decode_api_key(row)?);
+            }
+            Ok(out)
         })
         .await
     }
 
-    async fn insert_api_key(&self, hash: &str, label: &str, now: i64) -> Result<(), StoreError> {
-        let (hash, label) = (hash.to_owned(), label.to_owned());
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO api_keys (hash, label, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![hash, label, now],
+                &format!("INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    key.id.as_str(),
+                    key.name,
+                    key.prefix,
+                    key.hash,
+                    key.scopes.to_string(),
+                    key.created_at,
+                    key.last_used_at
+                ],
             )
             .map_err(sqlite_error)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let n = conn.execute("DELETE FROM api_keys WHERE id = ?1", [id.as_str()]).map_err(sqlite_error)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, i64)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sqlite_error)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+                    )
+                    .map_err(sqlite_error)?;
+                for (id, at) in &used {
+                    stmt.execute(params![id.as_str(), at]).map_err(sqlite_error)?;
+                }
+            }
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn purge_callback_tokens(&self, now: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let n = conn.execute("DELETE FROM callback_tokens WHERE expires_at < ?1", [now]).map_err(sqlite_error)?;
+            Ok(n as u64)
         })
         .await
     }
@@ -833,6 +888,18 @@ fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
             }
         }
     }
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT body_hash FROM callback_tokens WHERE source = ?1 AND token = ?2")
+            .map_err(sqlite_error)?;
+        for (source, token) in &lookups.tokens {
+            let hash: Option<String> =
+                stmt.query_row([source, token], |r| r.get(0)).optional().map_err(sqlite_error)?;
+            if let Some(hash) = hash {
+                loaded.tokens.insert((source.clone(), token.clone()), hash);
+            }
+        }
+    }
     let mut stmt = tx
         .prepare_cached("SELECT id, statuses, all_events FROM subscriptions WHERE enabled = 1")
         .map_err(sqlite_error)?;
@@ -848,6 +915,11 @@ fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
 }
 
 fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    for g in &plan.tokens {
+        tx.prepare_cached("INSERT INTO callback_tokens (source, token, body_hash, expires_at) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![g.source, g.token, g.body_hash, g.expires_at]))
+            .map_err(sqlite_error)?;
+    }
     for (from, _) in &plan.merges {
         tx.prepare_cached("UPDATE messages SET provider_message_id = NULL, idempotency_key = NULL WHERE id = ?1")
             .and_then(|mut s| s.execute([from.as_str()]))

@@ -159,6 +159,7 @@ impl Tracking {
             event: Box::new(event),
             create: true,
             want_message: false,
+            guard: None,
         };
         Ok(Hit { kind, class, message_id: claims.message_id, url: claims.url, command })
     }

@@ -15,6 +15,7 @@ backend_tests!(
     callbacks_before_registration_are_merged,
     bad_callbacks_get_the_right_status,
     unknown_event_types_are_acknowledged_and_kept,
+    a_signed_token_cannot_carry_another_event,
 );
 
 pub const MAILGUN_KEY: &str = "key-integration-test-signing-key";
@@ -162,4 +163,31 @@ async fn unknown_event_types_are_acknowledged_and_kept(backend: Backend) {
     assert_eq!(list["results"][0]["status"], "ENQUEUED", "an unknown event moves nothing");
     let (_, history) = app.get(&format!("/messages/{id}/history?type=UNKNOWN")).await;
     assert_eq!(history["results"][0]["provider_event"], "list_member_uploaded");
+}
+
+/// Mailgun signs only the timestamp and the token: the signature of one
+/// genuine callback must not carry another event, from any process.
+async fn a_signed_token_cannot_carry_another_event(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let genuine = mailgun_body(event("delivered", "tok-e1", "tok@example.org", json!({})), "shared-token");
+    assert_eq!(mailgun(&app, genuine.clone()).await.0, 200);
+    // The very same request again (a provider retry) is a duplicate.
+    let (status, body) = mailgun(&app, genuine.clone()).await;
+    assert_eq!((status, body), (200, json!({"accepted": 0, "duplicates": 1})));
+    // Its signature fields copied onto another event: refused.
+    let mut forged: Value = serde_json::from_slice(&genuine).expect("json");
+    forged["event-data"] = event("failed", "tok-e2", "tok@example.org", json!({"severity": "permanent"}));
+    let (status, body) = mailgun(&app, serde_json::to_vec(&forged).expect("json")).await;
+    assert_eq!(status, 401, "{body}");
+    let (_, list) = app.get("/messages?provider=mailgun").await;
+    let id = list["results"][0]["id"].as_str().expect("message").to_owned();
+    assert_eq!(app.history_types(&id).await, ["DELIVERED"], "the forged event left no trace");
+    // A fresh token carries its own event.
+    let next = mailgun_body(event("opened", "tok-e3", "tok@example.org", json!({})), "another-token");
+    assert_eq!(mailgun(&app, next).await.0, 200);
+    // Remembered tokens go once their signatures would be stale anyway.
+    assert_eq!(app.db.count("callback_tokens").await, 2);
+    let far = hookrelay::clock::now_ms() + 16 * 60 * 1000;
+    assert_eq!(app.store.purge_callback_tokens(far).await.expect("purge"), 2);
+    assert_eq!(app.db.count("callback_tokens").await, 0);
 }

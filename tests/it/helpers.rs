@@ -35,7 +35,29 @@ impl TestDb {
     pub async fn new(backend: Backend) -> Option<TestDb> {
         match backend {
             Backend::Sqlite => Some(TestDb::Sqlite { dir: tempfile::tempdir().expect("temp dir") }),
-            Backend::Postgres => postgres_db().await,
+            Backend::Postgres => postgres_db(true).await,
+        }
+    }
+
+    /// A database with no schema at all (migration tests build old ones).
+    pub async fn empty(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => Some(TestDb::Sqlite { dir: tempfile::tempdir().expect("temp dir") }),
+            Backend::Postgres => postgres_db(false).await,
+        }
+    }
+
+    /// Runs SQL statements directly on the database.
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            TestDb::Sqlite { dir } => {
+                let conn = rusqlite::Connection::open(dir.path().join("hookrelay.db")).expect("open");
+                conn.execute_batch(sql).expect("execute");
+            }
+            TestDb::Postgres { url, .. } => {
+                let client = admin(url).await.expect("connect");
+                client.batch_execute(sql).await.expect("execute");
+            }
         }
     }
 
@@ -110,15 +132,7 @@ fn with_database(url: &str, name: &str) -> String {
 
 /// The template's name changes with the schema, so a stale one is never used.
 fn template_name() -> String {
-    let schema = [
-        include_str!("../../src/store/postgres/migrations/0001_init.sql"),
-        include_str!("../../src/store/postgres/migrations/0002_settings.sql"),
-        include_str!("../../src/store/postgres/migrations/0003_lean_outbox.sql"),
-        include_str!("../../src/store/postgres/migrations/0004_status_in_filter_indexes.sql"),
-        include_str!("../../src/store/postgres/migrations/0005_lean_history.sql"),
-        include_str!("../../src/store/postgres/migrations/0006_byte_order_keys.sql"),
-    ]
-    .concat();
+    let schema: String = hookrelay::store::postgres::MIGRATIONS.iter().map(|(_, sql)| *sql).collect();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in schema.bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -126,7 +140,7 @@ fn template_name() -> String {
     format!("hookrelay_tpl_{hash:016x}")
 }
 
-async fn postgres_db() -> Option<TestDb> {
+async fn postgres_db(migrated: bool) -> Option<TestDb> {
     let admin_url = admin_url();
     let Some(client) = admin(&admin_url).await else {
         if postgres_required() {
@@ -169,7 +183,11 @@ async fn postgres_db() -> Option<TestDb> {
             .expect("publish template");
     }
     let name = format!("hookrelay_test_{}", uuid_like());
-    let created = client.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).await;
+    let created = if migrated {
+        client.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).await
+    } else {
+        client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await
+    };
     client.execute("SELECT pg_advisory_unlock(4242)", &[]).await.expect("advisory unlock");
     created.expect("clone the template");
     Some(TestDb::Postgres { url: with_database(&admin_url, &name), admin_url, name })

@@ -1,5 +1,6 @@
 //! The integration suite: the real server over HTTP, once per backend.
 
+mod api_keys;
 mod callbacks;
 mod callbacks_brevo;
 mod callbacks_mailjet;

@@ -16,7 +16,11 @@ use tower::ServiceExt;
 use crate::backend_tests;
 use crate::helpers::{API_KEY, Backend, TestDb, spawn_app, start, test_config};
 
-backend_tests!(health_readiness_metrics_and_description, an_api_key_is_generated_once);
+backend_tests!(
+    health_readiness_metrics_and_description,
+    an_api_key_is_generated_once,
+    a_first_start_that_cannot_listen_keeps_no_key,
+);
 
 async fn health_readiness_metrics_and_description(backend: Backend) {
     let Some(app) = spawn_app(backend).await else { return };
@@ -74,12 +78,32 @@ async fn an_api_key_is_generated_once(backend: Backend) {
     assert_eq!(still.status(), 200);
 }
 
+/// A first start whose port is taken must not store a generated key it
+/// never gets to show: the next start generates (and shows) one.
+async fn a_first_start_that_cannot_listen_keeps_no_key(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut config = test_config(&db);
+    config.auth.api_keys.clear();
+    config.server.listen = taken.local_addr().expect("addr").to_string();
+    let err = hookrelay::Application::build(config.clone()).await.expect_err("the port is taken");
+    assert!(format!("{err:#}").contains("cannot listen"), "{err:#}");
+    let store = hookrelay::store::open(&config.database).await.expect("store");
+    assert!(store.api_keys().await.expect("keys").is_empty(), "no key stored by a start that failed");
+
+    config.server.listen = "127.0.0.1:0".into();
+    let app = start(config, db).await;
+    let key = app.generated_key.clone().expect("the next start generates and shows a key");
+    let with_key = app.client.get(app.url("/messages")).bearer_auth(&key).send().await.expect("send");
+    assert_eq!(with_key.status(), 200);
+}
+
 async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppState>, hookrelay::ingest::BatchWriter) {
     let config = IngestConfig { queue_capacity, retry_after_seconds: 7, ..IngestConfig::default() };
     let (ingest, writer) = Ingest::new(store.clone(), &config);
     let (_, _, delivery) =
         hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default()).expect("dispatcher");
-    let keys = ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await;
+    let keys = Arc::new(ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await);
     let state = Arc::new(AppState {
         store,
         ingest,

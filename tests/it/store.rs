@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backend_tests;
 use crate::helpers::{Backend, TestDb};
 
-backend_tests!(callbacks_before_registration_merge_into_it, concurrent_writers_record_each_event_once);
+backend_tests!(
+    callbacks_before_registration_merge_into_it,
+    concurrent_writers_record_each_event_once,
+    keys_stored_before_scopes_keep_every_right,
+);
 
 async fn open(db: &TestDb) -> Arc<dyn Store> {
     hookrelay::store::open(&DatabaseConfig { url: db.url(), pool_size: 4, ..DatabaseConfig::default() })
@@ -30,6 +34,7 @@ fn callback(pmid: &str, status: Status, key: &str, ts: i64) -> Command {
         event: Box::new(NormalizedEvent::status(status, ts, key.into())),
         create: true,
         want_message: false,
+        guard: None,
     }
 }
 
@@ -145,4 +150,33 @@ async fn concurrent_writers_record_each_event_once(backend: Backend) {
     for h in handles {
         h.await.expect("writer");
     }
+}
+
+/// A database migrated by an earlier version, with an API key in it: the
+/// key keeps working, as an admin key, with an id to manage it by.
+async fn keys_stored_before_scopes_keep_every_right(backend: Backend) {
+    let Some(db) = TestDb::empty(backend).await else { return };
+    let (migrations, before) = match backend {
+        Backend::Sqlite => (hookrelay::store::sqlite::MIGRATIONS, 4),
+        Backend::Postgres => (hookrelay::store::postgres::MIGRATIONS, 6),
+    };
+    let mut sql =
+        String::from("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);\n");
+    for (version, migration) in migrations.iter().filter(|(v, _)| *v <= before) {
+        sql.push_str(migration);
+        sql.push_str(&format!("\nINSERT INTO schema_migrations VALUES ({version}, 1);\n"));
+    }
+    let key = "hr_an-old-key-from-before-scopes-0123456789";
+    let hash = hookrelay::http::auth::hash_key(key);
+    sql.push_str(&format!("INSERT INTO api_keys (hash, label, created_at) VALUES ('{hash}', 'old', 5);"));
+    db.execute(&sql).await;
+
+    let store = open(&db).await;
+    let keys = store.api_keys().await.expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].scopes, hookrelay::domain::Scopes::ADMIN);
+    assert_eq!(keys[0].name, "old");
+    assert!(keys[0].id.as_str().starts_with("key_"), "{:?}", keys[0].id);
+    let checked = hookrelay::http::auth::ApiKeys::load(&[], store.clone()).await.check(key).await;
+    assert_eq!(checked.map(|c| c.scopes), Some(hookrelay::domain::Scopes::ADMIN));
 }

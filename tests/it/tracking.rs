@@ -503,7 +503,7 @@ async fn overload_never_blocks_a_hit() {
     let state = Arc::new(AppState {
         store: store.clone(),
         ingest,
-        keys: ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await,
+        keys: ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await.into(),
         metrics: hookrelay::telemetry::metrics_handle(),
         retry_after: 1,
         callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://relay.test".into()),

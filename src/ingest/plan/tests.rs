@@ -34,6 +34,7 @@ fn callback(pmid: &str, status: Status, key: &str) -> Command {
         event: ev(status, key, NOW - 5),
         create: true,
         want_message: false,
+        guard: None,
     }
 }
 
@@ -188,6 +189,7 @@ fn the_sender_api_does_not_create_messages() {
         event: ev(Status::Sent, "api:x", NOW),
         create: false,
         want_message: true,
+        guard: None,
     };
     let plan = run(&[command], Loaded::default());
     assert_eq!(plan.outcomes, vec![Outcome::NotFound]);
@@ -203,6 +205,7 @@ fn sender_events_attach_the_provider_id() {
         event: ev(Status::Sent, "api:s", NOW - 50),
         create: false,
         want_message: true,
+        guard: None,
     };
     let plan =
         run(&[command, callback("pm-5", Status::Delivered, "sg:d")], Loaded { messages: vec![m], ..Loaded::default() });
@@ -256,12 +259,14 @@ fn subscriptions_hear_what_they_asked_for() {
             event: Box::new(complaint),
             create: true,
             want_message: false,
+            guard: None,
         },
         Command::Event {
             target: Target { id: None, provider: Some(pref("pm-9")) },
             event: Box::new(bounce),
             create: true,
             want_message: false,
+            guard: None,
         },
     ];
     let plan = run(&commands, Loaded { subscriptions: subs, ..Loaded::default() });
@@ -339,6 +344,7 @@ fn registered_messages_are_never_merged_away() {
         event: ev(Status::Sent, "api:b2", NOW),
         create: false,
         want_message: true,
+        guard: None,
     };
     let plan = run(&[command], Loaded { messages: vec![a.clone(), b], ..Loaded::default() });
     assert_eq!(plan.outcomes, vec![Outcome::ProviderIdTaken { owner: a.id.clone() }]);
@@ -354,6 +360,7 @@ fn a_callback_naming_one_message_by_id_leaves_anothers_provider_id_alone() {
         event: ev(Status::Delivered, "sg:d", NOW),
         create: true,
         want_message: false,
+        guard: None,
     };
     let plan = run(&[command], Loaded { messages: vec![a, y], ..Loaded::default() });
     assert!(plan.merges.is_empty());
@@ -399,6 +406,7 @@ fn later_commands_for_a_merged_record_follow_it() {
         event: ev(Status::Opened, "api:x", NOW - 5),
         create: false,
         want_message: false,
+        guard: None,
     };
     let plan =
         run(&[Command::Register(Box::new(r)), by_old_id], Loaded { messages: vec![anonymous], ..Loaded::default() });
@@ -425,6 +433,7 @@ fn one_send_to_several_recipients_stays_several_messages() {
         event: ev(Status::Delivered, key, NOW - 5),
         create: true,
         want_message: false,
+        guard: None,
     };
     let plan = run(&[named("batch-a", "sg:a"), named("batch-b", "sg:b")], Loaded::default());
     assert!(plan.merges.is_empty());
@@ -483,4 +492,42 @@ fn a_message_made_from_callbacks_takes_their_recipient() {
     }
     let plan = run(&[long], Loaded::default());
     assert_eq!(plan.messages[0].record.recipient, None);
+}
+
+#[test]
+fn a_single_use_token_may_not_carry_another_body() {
+    let guarded = |key: &str, hash: &str| {
+        let mut command = callback("pm-g", Status::Delivered, key);
+        if let Command::Event { guard, .. } = &mut command {
+            *guard = Some(Box::new(ReplayGuard {
+                source: "mailgun".into(),
+                token: "tok-1".into(),
+                body_hash: hash.into(),
+                expires_at: NOW + 900_000,
+            }));
+        }
+        command
+    };
+    // First use: recorded, and the token is remembered.
+    let plan = run(&[guarded("k-g1", "hash-a")], Loaded::default());
+    assert!(matches!(plan.outcomes[0], Outcome::Applied { duplicate: false, .. }));
+    assert_eq!(plan.tokens.len(), 1);
+    // The same token with the same body (a retry) is a duplicate; with
+    // another body it is refused, in the same batch or a later one.
+    let plan = run(&[guarded("k-g1", "hash-a"), guarded("k-g2", "hash-b")], Loaded::default());
+    assert!(matches!(plan.outcomes[0], Outcome::Applied { duplicate: false, .. }));
+    assert_eq!(plan.outcomes[1], Outcome::Replayed);
+    assert_eq!(plan.events.len(), 1, "the replayed body records nothing");
+    let known = HashMap::from([(("mailgun".to_owned(), "tok-1".to_owned()), "hash-a".to_owned())]);
+    let loaded = || Loaded {
+        tokens: known.clone(),
+        existing_dedupe_keys: HashSet::from(["k-g1".to_owned()]),
+        ..Loaded::default()
+    };
+    let plan = run(&[guarded("k-g1", "hash-a")], loaded());
+    assert!(matches!(plan.outcomes[0], Outcome::Applied { duplicate: true, .. }));
+    assert!(plan.tokens.is_empty());
+    let plan = run(&[guarded("k-g3", "hash-c")], loaded());
+    assert_eq!(plan.outcomes, vec![Outcome::Replayed]);
+    assert!(plan.events.is_empty() && plan.messages.is_empty());
 }

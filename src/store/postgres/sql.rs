@@ -26,7 +26,8 @@ pub const PLANNER_SETTINGS: &[(&str, &str)] =
     &[("enable_seqscan", "off"), ("enable_hashjoin", "off"), ("enable_mergejoin", "off"), ("jit", "off")];
 
 /// The tables that grow without bound; no statement may scan them.
-pub const LARGE_TABLES: &[&str] = &["messages", "message_events", "message_tags", "deliveries", "delivery_attempts"];
+pub const LARGE_TABLES: &[&str] =
+    &["messages", "message_events", "message_tags", "deliveries", "delivery_attempts", "callback_tokens"];
 
 fn cached(cell: &'static OnceLock<String>, make: impl FnOnce() -> String) -> &'static str {
     cell.get_or_init(make)
@@ -61,6 +62,19 @@ pub fn lock_messages() -> &'static str {
         )
     })
 }
+
+/// The single-use callback tokens of a batch already recorded.
+pub const EXISTING_TOKENS: &str = "SELECT c.source, c.token, c.body_hash FROM UNNEST($1::text[], $2::text[]) \
+     AS k(source, token), LATERAL (SELECT source, token, body_hash FROM callback_tokens \
+       WHERE source = k.source AND token = k.token OFFSET 0) c";
+
+/// Forgets single-use tokens whose signatures would be refused as stale.
+pub const PURGE_TOKENS: &str = "DELETE FROM callback_tokens WHERE expires_at < $1";
+
+/// Remembers single-use tokens. No `ON CONFLICT`: a token another batch
+/// recorded meanwhile is a unique violation, and the retried batch sees it.
+pub const INSERT_TOKENS: &str = "INSERT INTO callback_tokens (source, token, body_hash, expires_at) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])";
 
 pub const EXISTING_DEDUPE_KEYS: &str = "SELECT e.dedupe_key FROM UNNEST($1::text[]) AS k(key), \
      LATERAL (SELECT dedupe_key FROM message_events WHERE dedupe_key = k.key OFFSET 0) e";
@@ -239,6 +253,9 @@ pub fn keyed() -> Vec<String> {
         HISTORY,
         lock_messages(),
         EXISTING_DEDUPE_KEYS,
+        EXISTING_TOKENS,
+        INSERT_TOKENS,
+        PURGE_TOKENS,
         insert_messages(),
         update_messages(),
         INSERT_EVENTS,
