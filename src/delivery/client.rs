@@ -8,6 +8,7 @@
 //! IDNA, redirect and retry layers cloning the headers) cost more CPU than
 //! the request itself.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -59,6 +60,72 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 struct GuardedResolver {
     policy: Arc<AddressPolicy>,
+    lookups: Arc<Lookups>,
+}
+
+/// How long a name's addresses are reused, and how long a failed lookup is.
+const LOOKUP_TTL: Duration = Duration::from_secs(30);
+const FAILED_LOOKUP_TTL: Duration = Duration::from_secs(5);
+/// Lookups running at once, at most.
+const LOOKUPS_AT_ONCE: usize = 16;
+/// Names remembered; beyond this the cache starts over.
+const LOOKUP_CACHE: usize = 10_000;
+
+/// Name lookups for deliveries. The system resolver (`getaddrinfo`) runs on
+/// tokio's blocking pool, where a DNS server that does not answer holds a
+/// thread for its whole timeout, longer than the attempt that asked. Every
+/// attempt to a subscriber whose name does not resolve would take another
+/// thread, until the pool (which SQLite's readers share) is exhausted and
+/// everything else waits. So each name is looked up once at a time and its
+/// answer reused for a while (a failure too, briefly), and at most
+/// [`LOOKUPS_AT_ONCE`] lookups run at once.
+struct Lookups {
+    names: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Looked>>>>>,
+    permits: tokio::sync::Semaphore,
+}
+
+struct Looked {
+    at: Instant,
+    addresses: Result<Vec<SocketAddr>, String>,
+}
+
+impl Lookups {
+    fn new() -> Self {
+        Lookups { names: Default::default(), permits: tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE) }
+    }
+
+    async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
+        self.resolve_with(host, |host| async move {
+            tokio::net::lookup_host((host.as_str(), 0)).await.map(Iterator::collect).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// [`Lookups::resolve`] with the lookup itself given (tests count them).
+    async fn resolve_with<F, Fut>(&self, host: &str, lookup: F) -> Result<Vec<SocketAddr>, BoxError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<Vec<SocketAddr>, String>>,
+    {
+        let slot = {
+            let mut names = self.names.lock().map_err(|_| "the resolver cache is poisoned")?;
+            if names.len() >= LOOKUP_CACHE {
+                names.clear();
+            }
+            names.entry(host.to_owned()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(looked) = slot.as_ref() {
+            let ttl = if looked.addresses.is_ok() { LOOKUP_TTL } else { FAILED_LOOKUP_TTL };
+            if looked.at.elapsed() < ttl {
+                return looked.addresses.clone().map_err(Into::into);
+            }
+        }
+        let _permit = self.permits.acquire().await.map_err(|_| "the resolver is closed")?;
+        let addresses = lookup(host.to_owned()).await;
+        *slot = Some(Looked { at: Instant::now(), addresses: addresses.clone() });
+        addresses.map_err(Into::into)
+    }
 }
 
 impl tower_service::Service<Name> for GuardedResolver {
@@ -71,11 +138,11 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
+        let (policy, lookups) = (self.policy.clone(), self.lookups.clone());
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> = resolved.filter(|a| policy.permits(a.ip())).collect();
+            let resolved = lookups.resolve(&host).await?;
+            let allowed: Vec<SocketAddr> = resolved.into_iter().filter(|a| policy.permits(a.ip())).collect();
             if allowed.is_empty() {
                 return Err(Box::new(Blocked(host)) as BoxError);
             }
@@ -104,7 +171,8 @@ impl Client {
     pub fn new(policy: AddressPolicy, connect_timeout: Duration, timeout: Duration, max_idle_per_host: usize) -> Self {
         crate::net::install_crypto_provider();
         let policy = Arc::new(policy);
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { policy: policy.clone() });
+        let resolver = GuardedResolver { policy: policy.clone(), lookups: Arc::new(Lookups::new()) };
+        let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -258,5 +326,38 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     match innermost {
         Some(cause) if !timed_out => format!("{what}: {cause}"),
         _ => what.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_is_looked_up_once_at_a_time_and_its_answer_reused() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let lookups = Arc::new(Lookups::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = |calls: Arc<AtomicUsize>| {
+            move |_: String| async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err::<Vec<SocketAddr>, _>("no such name".to_owned())
+            }
+        };
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (lookups, calls) = (lookups.clone(), calls.clone());
+                tokio::spawn(async move { lookups.resolve_with("down.example", failing(calls)).await.is_err() })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.expect("join"), "every caller sees the failure");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one lookup for twenty attempts");
+        let ok = |_: String| async { Ok(vec![SocketAddr::from(([93, 184, 215, 14], 0))]) };
+        assert!(lookups.resolve_with("up.example", ok).await.is_ok());
+        assert_eq!(lookups.resolve_with("up.example", failing(calls.clone())).await.expect("cached").len(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a fresh answer is reused");
     }
 }

@@ -56,7 +56,7 @@ pub const MAX_HEADERS: usize = 20;
 
 /// Header names a subscription may not set: hop-by-hop headers, headers
 /// hookrelay computes, and the signature headers.
-const FORBIDDEN_HEADERS: &[&str] = &[
+pub const FORBIDDEN_HEADERS: &[&str] = &[
     "connection",
     "content-length",
     "content-type",
@@ -88,12 +88,12 @@ pub fn validate_headers(headers: &[(String, String)]) -> Result<Vec<(String, Str
         if FORBIDDEN_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") || lower.starts_with("proxy-") {
             return Err(format!("`{name}` is set by hookrelay or is hop-by-hop, and cannot be configured"));
         }
-        if value.len() > 1024 || http::HeaderValue::from_str(value).is_err() {
+        if value.chars().count() > 1024 || http::HeaderValue::from_str(value).is_err() {
             return Err(format!("the value of `{name}` is not a valid header value (at most 1024 visible characters)"));
         }
-        if out.iter().any(|(n, _)| *n == lower) {
-            return Err(format!("`{name}` is given twice"));
-        }
+        // Names are case-insensitive: given twice in different cases, the
+        // last value wins, as for a repeated key in a JSON object.
+        out.retain(|(n, _)| *n != lower);
         out.push((lower, value.clone()));
     }
     Ok(out)
@@ -125,6 +125,9 @@ pub fn validate_url(url: &str, policy: &AddressPolicy) -> Result<reqwest::Url, S
         Some(url::Host::Ipv4(ip)) if !policy.permits(IpAddr::V4(ip)) => return Err(blocked(IpAddr::V4(ip))),
         Some(url::Host::Ipv6(ip)) if !policy.permits(IpAddr::V6(ip)) => return Err(blocked(IpAddr::V6(ip))),
         Some(url::Host::Domain(d)) => {
+            if !crate::domain::host::is_dns_name(d) {
+                return Err(format!("has a host name the DNS cannot hold (`{d}`)"));
+            }
             let d = d.trim_end_matches('.').to_ascii_lowercase();
             let loopback = IpAddr::from([127, 0, 0, 1]);
             if (d == "localhost" || d.ends_with(".localhost")) && !policy.permits(loopback) {
@@ -159,6 +162,8 @@ mod tests {
             "http://localhost:8080/x",
             "http://api.localhost/x",
             "https://example.com/#frag",
+            "http://0.aa*/x",
+            "https://exa!mple.com/",
         ] {
             assert!(validate_url(bad, &open).is_err(), "{bad}");
         }
@@ -188,7 +193,8 @@ mod tests {
             assert!(validate_headers(&[(bad.into(), "v".into())]).is_err(), "{bad}");
         }
         assert!(validate_headers(&[("x-a".into(), "line\nbreak".into())]).is_err());
-        assert!(validate_headers(&[("x-a".into(), "1".into()), ("X-A".into(), "2".into())]).is_err());
+        let twice = validate_headers(&[("x-a".into(), "1".into()), ("X-A".into(), "2".into())]).expect("valid");
+        assert_eq!(twice, [("x-a".to_owned(), "2".to_owned())], "the last one wins");
         let many: Vec<_> = (0..21).map(|i| (format!("x-{i}"), "v".to_owned())).collect();
         assert!(validate_headers(&many).is_err());
     }

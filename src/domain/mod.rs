@@ -4,6 +4,7 @@
 
 pub mod api_key;
 pub mod event;
+pub mod host;
 pub mod ids;
 pub mod message;
 pub mod status;

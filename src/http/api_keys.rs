@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::new_key;
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{self, ApiJson, IdPath};
 use crate::clock::now_ms;
 use crate::domain::{ApiKeyId, ApiKeyRecord, Scope, Scopes};
 
@@ -147,9 +147,8 @@ pub fn check_name(name: &str) -> Result<&str, String> {
               (status = 409, description = "The last admin key", body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
-async fn revoke_key(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let not_found = || ApiError::NotFound("no API key with this id".into());
-    let id = ApiKeyId::parse(&id).map_err(|_| not_found())?;
+async fn revoke_key(State(state): State<Arc<AppState>>, IdPath(id): IdPath<ApiKeyId>) -> Result<StatusCode, ApiError> {
+    let not_found = extract::not_found::<ApiKeyId>;
     let keys = state.store.api_keys().await?;
     let key = keys.iter().find(|k| k.id == id).ok_or_else(not_found)?;
     let admins = keys.iter().filter(|k| k.scopes.allow(Scope::Admin)).count();

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -14,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::extract::{self, IdPath};
 use super::subscriptions::DeliveryView;
 use crate::clock::now_ms;
 use crate::delivery::AttemptRecord;
@@ -24,21 +24,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(get_delivery)).routes(routes!(retry_delivery))
 }
 
-#[derive(Debug)]
-pub struct DeliveryPath(pub DeliveryId);
-
-impl<S: Send + Sync> FromRequestParts<S> for DeliveryPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) =
-            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        DeliveryId::parse(&raw).map(DeliveryPath).map_err(|_| not_found())
-    }
-}
-
 fn not_found() -> ApiError {
-    ApiError::NotFound("no delivery with this id".into())
+    extract::not_found::<DeliveryId>()
 }
 
 /// One attempt.
@@ -91,7 +78,7 @@ pub struct DeliveryDetail {
 )]
 async fn get_delivery(
     State(state): State<Arc<AppState>>,
-    DeliveryPath(id): DeliveryPath,
+    IdPath(id): IdPath<DeliveryId>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let (summary, payload, attempts) = state.store.get_delivery(&id).await?.ok_or_else(not_found)?;
     let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&payload)));
@@ -113,7 +100,7 @@ async fn get_delivery(
 )]
 async fn retry_delivery(
     State(state): State<Arc<AppState>>,
-    DeliveryPath(id): DeliveryPath,
+    IdPath(id): IdPath<DeliveryId>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
     match state.store.retry_delivery(&id, now_ms()).await? {
         RetryResult::NotFound => Err(not_found()),

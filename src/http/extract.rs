@@ -2,11 +2,12 @@
 //! shape) instead of axum's plain-text rejections.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::domain::{ApiKeyId, DeliveryId, MessageId, SubscriptionId};
 
 /// A JSON body. Errors name the offending field; an oversized body is 413.
 #[derive(Debug)]
@@ -44,16 +45,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
                 ApiError::bad_request(format!("cannot read the request body: {rejection}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // JSON's whitespace only: a form feed is not "no body".
+        let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let start = bytes.iter().position(|b| !is_space(b)).unwrap_or(bytes.len());
+        let end = bytes.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
+        let text = &bytes[start..end.max(start)];
+        if text.is_empty() || text == b"null" {
             return Ok(OptionalJson(None));
         }
         parse_json(&bytes).map(|v| OptionalJson(Some(v)))
     }
 }
 
-/// Parses JSON, naming the path of the first problem.
+/// Parses a JSON object, naming the path of the first problem. Every body
+/// hookrelay takes is an object (serde would also read a struct from an
+/// array of its fields, which no client means).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.is_empty() {
+    if !bytes.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -120,4 +128,59 @@ impl QueryPairs {
             .filter(|v| !v.is_empty())
             .collect()
     }
+}
+
+/// An id that names a resource in a path (`/messages/{id}`).
+pub trait PathId: Sized {
+    /// What the id names, for "no {what} with this id".
+    const WHAT: &'static str;
+    fn parse_id(s: &str) -> Option<Self>;
+}
+
+impl PathId for MessageId {
+    const WHAT: &'static str = "message";
+    fn parse_id(s: &str) -> Option<Self> {
+        MessageId::parse(s).ok()
+    }
+}
+
+impl PathId for SubscriptionId {
+    const WHAT: &'static str = "subscription";
+    fn parse_id(s: &str) -> Option<Self> {
+        SubscriptionId::parse(s).ok()
+    }
+}
+
+impl PathId for DeliveryId {
+    const WHAT: &'static str = "delivery";
+    fn parse_id(s: &str) -> Option<Self> {
+        DeliveryId::parse(s).ok()
+    }
+}
+
+impl PathId for ApiKeyId {
+    const WHAT: &'static str = "API key";
+    fn parse_id(s: &str) -> Option<Self> {
+        ApiKeyId::parse(s).ok()
+    }
+}
+
+/// The id in a route's `{id}`. One that cannot exist (the wrong shape) is
+/// simply not found.
+#[derive(Debug)]
+pub struct IdPath<T>(pub T);
+
+impl<S: Send + Sync, T: PathId> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        T::parse_id(&raw).map(IdPath).ok_or_else(not_found::<T>)
+    }
+}
+
+/// 404 for an id of kind `T` that names nothing.
+pub fn not_found<T: PathId>() -> ApiError {
+    ApiError::NotFound(format!("no {} with this id", T::WHAT))
 }

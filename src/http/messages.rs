@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -17,7 +15,9 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, QueryPairs};
+use super::extract::{self, ApiJson, IdPath, QueryPairs};
+use super::paging;
+use super::values::{self, TimeValue};
 use crate::clock::{now_ms, parse_time};
 use crate::domain::event::{dedupe_key, hashed_dedupe_key};
 use crate::domain::{
@@ -50,22 +50,8 @@ const EARLIEST_TS: i64 = 946_684_800_000;
 /// Clock skew tolerated for reported times.
 const MAX_FUTURE_MS: i64 = 86_400_000;
 
-/// A message id from the path; one that cannot exist is simply not found.
-#[derive(Debug)]
-pub struct IdPath(pub MessageId);
-
-impl<S: Send + Sync> FromRequestParts<S> for IdPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) =
-            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        MessageId::parse(&raw).map(IdPath).map_err(|_| not_found())
-    }
-}
-
 fn not_found() -> ApiError {
-    ApiError::NotFound("no message with this id".into())
+    extract::not_found::<MessageId>()
 }
 
 /// `POST /messages` body.
@@ -75,21 +61,56 @@ pub struct RegisterRequest {
     /// Your id for the message (letters, digits, `-_.:@`, up to 128
     /// characters); generated when absent. Registering the same id again
     /// answers with it and changes nothing.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     id: Option<String>,
+    /// Up to 512 characters, no control characters.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     recipient: Option<String>,
     channel: Option<Channel>,
-    /// The provider the message is sent through (`sendgrid`, `twilio`, ...).
+    /// The provider the message is sent through (`sendgrid`, `twilio`, ...):
+    /// letters, digits, `-` and `_`, up to 64.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     provider: Option<String>,
-    /// The provider's id for the message, if already known.
+    /// The provider's id for the message, if already known (needs `provider`).
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     provider_message_id: Option<String>,
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,256}$")]
     notification: Option<String>,
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,256}$")]
     event: Option<String>,
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,256}$")]
     list: Option<String>,
+    /// Up to 50 tags of up to 128 characters, none empty.
     #[serde(default)]
+    #[schema(max_items = 50, inline, value_type = Vec<Tag>)]
     tags: Vec<String>,
-    #[schema(value_type = Option<Object>)]
+    /// Anything to keep with the message: an object of up to 64 fields and
+    /// 16 KiB of JSON.
+    #[schema(schema_with = metadata_schema)]
     metadata: Option<Map<String, Value>>,
 }
+
+/// Most fields of `metadata`.
+const MAX_METADATA_FIELDS: usize = 64;
+
+fn metadata_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::Object,
+            utoipa::openapi::Type::Null,
+        ]))
+        .max_properties(Some(MAX_METADATA_FIELDS))
+        .build()
+}
+
+/// A tag: 1 to 128 characters, not only spaces, no control characters.
+#[derive(ToSchema)]
+#[schema(
+    pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
+    max_length = 128
+)]
+#[allow(dead_code, reason = "documentation only")]
+struct Tag(String);
 
 /// Answer to `POST /messages`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,6 +120,8 @@ pub struct RequestId {
     request_id: String,
 }
 
+/// A text field: at most `max` characters, no control characters; blank
+/// means absent.
 fn text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
     match value {
         Some(v) if v.chars().count() > max => {
@@ -159,6 +182,9 @@ impl RegisterRequest {
             }
         }
         if let Some(metadata) = &self.metadata {
+            if metadata.len() > MAX_METADATA_FIELDS {
+                return Err(ApiError::bad_request(format!("`metadata` may have at most {MAX_METADATA_FIELDS} fields")));
+            }
             json_size("metadata", metadata)?;
         }
         Ok(Registration {
@@ -183,7 +209,8 @@ impl RegisterRequest {
 #[utoipa::path(
     post, path = "/messages", tag = "messages",
     request_body = RegisterRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Makes retries of this request safe: 1 to 255 visible ASCII characters")),
     responses(
         (status = 202, description = "Registered (or already registered)", body = RequestId),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -232,32 +259,46 @@ fn unexpected(outcome: &Outcome) -> ApiError {
     ApiError::Internal(format!("unexpected ingest outcome {variant}").into())
 }
 
-/// A time given as epoch milliseconds or RFC 3339 text.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum TimeValue {
-    Millis(i64),
-    Text(String),
-}
-
 /// `POST /messages/{id}/events` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventRequest {
-    /// Any status but ENQUEUED (set by registration).
+    /// Any status but ENQUEUED (set by registration) and CANCELED (use
+    /// `POST /messages/{id}/cancel`).
+    #[schema(schema_with = reportable_status_schema)]
     status: String,
-    /// When it happened; defaults to now.
+    /// When it happened; defaults to now. A time before 2000 or more than
+    /// a day ahead of hookrelay's clock is taken as the time received, and
+    /// the one given is kept in the history entry as `reported_ts`.
+    #[schema(schema_with = values::optional_time_schema)]
     ts: Option<TimeValue>,
+    /// The provider (`sendgrid`, `twilio`, ...): letters, digits, `-` and `_`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     provider: Option<String>,
-    /// With SENT: the provider's id, which later callbacks are matched by.
+    /// With SENT: the provider's id, which later callbacks are matched by
+    /// (needs `provider`).
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     provider_message_id: Option<String>,
-    /// One of Courier's reasons (BOUNCED, FAILED, FILTERED, ...).
+    /// One of Courier's reasons.
+    #[schema(value_type = Option<Reason>)]
     reason: Option<String>,
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,2048}$")]
     error: Option<String>,
     /// Your id for this event; a repeat with the same id changes nothing.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,256}$")]
     event_id: Option<String>,
-    /// Anything to keep in the history entry.
+    /// Anything to keep in the history entry (up to 16 KiB of JSON).
     data: Option<Value>,
+}
+
+/// The statuses a sender may report.
+fn reportable_status_schema() -> utoipa::openapi::Object {
+    let reportable =
+        Status::ALL.iter().filter(|s| !matches!(s, Status::Enqueued | Status::Canceled)).map(|s| s.as_str());
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(reportable))
+        .build()
 }
 
 impl EventRequest {
@@ -271,16 +312,16 @@ impl EventRequest {
                 "cancel with POST /messages/{id}/cancel, which checks it is not too late",
             ));
         }
-        let ts = match self.ts {
+        let reported = match &self.ts {
             None => now,
-            Some(TimeValue::Millis(ms)) => ms,
-            Some(TimeValue::Text(t)) => parse_time(&t)
-                .ok_or_else(|| ApiError::bad_request("`ts` must be epoch milliseconds or RFC 3339 text"))?,
+            Some(t) => {
+                t.millis().ok_or_else(|| ApiError::bad_request("`ts` must be epoch milliseconds or RFC 3339 text"))?
+            }
         };
-        // Milestones keep the earliest time, so one absurd time would stick.
-        if !(EARLIEST_TS..=now + MAX_FUTURE_MS).contains(&ts) {
-            return Err(ApiError::bad_request("`ts` must be after 2000-01-01 and not more than a day ahead"));
-        }
+        // Milestones keep the earliest time, so one absurd time would stick:
+        // such a time is replaced by the time received (the event itself is
+        // real) and kept beside it.
+        let ts = if (EARLIEST_TS..=now + MAX_FUTURE_MS).contains(&reported) { reported } else { now };
         let provider = provider_name(self.provider)?;
         let pmid = text("provider_message_id", self.provider_message_id, ProviderRef::MAX_ID_LEN)?;
         let provider_ref = match (&provider, pmid) {
@@ -313,7 +354,7 @@ impl EventRequest {
                 &[
                     id.as_str().as_bytes(),
                     status.as_str().as_bytes(),
-                    &ts.to_be_bytes(),
+                    &reported.to_be_bytes(),
                     provider_ref.as_ref().map_or(&b""[..], |r| r.message_id.as_bytes()),
                     reason.map_or(&b""[..], |r| r.as_str().as_bytes()),
                     error.as_deref().unwrap_or("").as_bytes(),
@@ -326,6 +367,9 @@ impl EventRequest {
         event.error = error;
         if let Some(data) = self.data {
             event.detail.insert("data".into(), data);
+        }
+        if ts != reported {
+            event.detail.insert("reported_ts".into(), Value::from(reported));
         }
         Ok(Command::Event {
             target: Target { id: Some(id), provider: provider_ref },
@@ -349,7 +393,8 @@ fn unknown_status(s: &str) -> ApiError {
     post, path = "/messages/{id}/events", tag = "messages",
     request_body = EventRequest,
     params(("id" = String, Path, description = "Message id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Dedupes retries when `event_id` is absent")),
+           ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Dedupes retries when `event_id` is absent: 1 to 255 visible ASCII characters")),
     responses(
         (status = 202, description = "Recorded (or a duplicate)", body = MessageView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -361,7 +406,7 @@ fn unknown_status(s: &str) -> ApiError {
 )]
 async fn report_event(
     State(state): State<Arc<AppState>>,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<MessageId>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<EventRequest>,
 ) -> Result<Response, ApiError> {
@@ -396,7 +441,10 @@ fn accepted(message: &MessageRecord) -> Response {
     ),
     security(("api_key" = []))
 )]
-async fn cancel_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> Result<Response, ApiError> {
+async fn cancel_message(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath<MessageId>,
+) -> Result<Response, ApiError> {
     match state.submit_one(Command::Cancel { id, ts: now_ms() }).await? {
         Outcome::Canceled { message } => Ok(accepted(&message)),
         Outcome::Conflict { status } => {
@@ -413,24 +461,36 @@ async fn cancel_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) 
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct ListParams {
-    /// `paging.cursor` of the previous page.
+    /// `paging.cursor` of the previous page; empty or absent for the first.
+    #[param(pattern = "^$|^[0-9]{1,15}\\.[A-Za-z0-9._:@-]{1,128}$")]
     cursor: Option<String>,
     /// Statuses to include; repeat the parameter or separate with commas.
-    status: Option<Vec<String>>,
+    status: Option<Vec<Status>>,
+    /// Exact match; up to 512 characters, no control characters.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     recipient: Option<String>,
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     notification: Option<String>,
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     event: Option<String>,
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     list: Option<String>,
     #[serde(rename = "messageId")]
-    #[param(rename = "messageId")]
+    #[param(rename = "messageId", pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     message_id: Option<String>,
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     provider: Option<String>,
+    /// Messages carrying this tag.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{0,512}$")]
     tag: Option<String>,
     /// Only messages enqueued at or after this time (epoch ms or RFC 3339).
+    #[param(schema_with = values::time_schema)]
     enqueued_after: Option<String>,
     /// Only messages enqueued before this time (epoch ms or RFC 3339).
+    #[param(schema_with = values::time_schema)]
     enqueued_before: Option<String>,
     /// Page size, 1 to 500 (default 20).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -470,25 +530,6 @@ pub struct MessageList<'a> {
     results: Vec<MessageView<'a>>,
 }
 
-const CURSOR_VERSION: &str = "v1";
-
-/// An opaque position: the `(enqueued, id)` of the last message returned.
-pub fn encode_cursor(enqueued: i64, id: &MessageId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}:{enqueued}:{id}"))
-}
-
-pub fn decode_cursor(cursor: &str) -> Option<(i64, MessageId)> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let mut parts = text.splitn(3, ':');
-    if parts.next()? != CURSOR_VERSION {
-        return None;
-    }
-    let enqueued = parts.next()?.parse().ok()?;
-    let id = MessageId::parse(parts.next()?).ok()?;
-    Some((enqueued, id))
-}
-
 fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
     q.only(LIST_PARAMS)?;
     let statuses = q
@@ -496,18 +537,8 @@ fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
         .into_iter()
         .map(|s| Status::parse(s).ok_or_else(|| unknown_status(s)))
         .collect::<Result<Vec<_>, _>>()?;
-    let limit = match q.one("limit")? {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be an integer from 1 to {MAX_LIMIT}")))?,
-    };
-    let after = q
-        .one("cursor")?
-        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::bad_request("`cursor` is malformed")))
-        .transpose()?;
+    let limit = paging::limit(q, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = paging::cursor(q, |id| MessageId::parse(id).ok())?;
     let time = |name: &str| -> Result<Option<i64>, ApiError> {
         q.one(name)?
             .map(|t| {
@@ -522,7 +553,7 @@ fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
             Some(v) if v.chars().any(char::is_control) => {
                 Err(ApiError::bad_request(format!("`{name}` must not contain control characters")))
             }
-            Some(v) if v.len() > MAX_RECIPIENT => {
+            Some(v) if v.chars().count() > MAX_RECIPIENT => {
                 Err(ApiError::bad_request(format!("`{name}` must be at most {MAX_RECIPIENT} characters")))
             }
             other => Ok(other.map(str::to_owned)),
@@ -565,7 +596,7 @@ async fn list_messages(State(state): State<Arc<AppState>>, q: QueryPairs) -> Res
     let mut rows = state.store.list_messages(&query).await?;
     let more = rows.len() > query.limit;
     rows.truncate(query.limit);
-    let cursor = if more { rows.last().map(|m| encode_cursor(m.state.milestones.enqueued, &m.id)) } else { None };
+    let cursor = if more { rows.last().map(|m| paging::encode(m.state.milestones.enqueued, &m.id)) } else { None };
     let body = MessageList { paging: Paging { cursor, more }, results: rows.iter().map(MessageRecord::view).collect() };
     Ok(Json(body).into_response())
 }
@@ -577,10 +608,26 @@ async fn list_messages(State(state): State<Arc<AppState>>, q: QueryPairs) -> Res
     responses((status = 200, body = MessageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []))
 )]
-async fn get_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> Result<Response, ApiError> {
+async fn get_message(State(state): State<Arc<AppState>>, IdPath(id): IdPath<MessageId>) -> Result<Response, ApiError> {
     let message = state.store.get_message(&id).await?.ok_or_else(not_found)?;
     Ok(Json(message.view()).into_response())
 }
+
+/// The `type` of a history entry: a status, or an event that changes none
+/// (documentation of the `type` parameter).
+#[derive(Debug)]
+pub struct HistoryType;
+
+impl utoipa::PartialSchema for HistoryType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(crate::ingest::plan::HISTORY_TYPES.iter().copied()))
+            .into()
+    }
+}
+
+impl ToSchema for HistoryType {}
 
 /// A message's history.
 #[derive(Debug, Serialize, ToSchema)]
@@ -594,14 +641,14 @@ pub struct History {
 #[utoipa::path(
     get, path = "/messages/{id}/history", tag = "messages",
     params(("id" = String, Path, description = "Message id"),
-           ("type" = Option<String>, Query, description = "Only entries of this type (DELIVERED, COMPLAINED, ...)")),
+           ("type" = Option<HistoryType>, Query, description = "Only entries of this type (DELIVERED, COMPLAINED, ...)")),
     responses((status = 200, body = History), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn message_history(
     State(state): State<Arc<AppState>>,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<MessageId>,
     q: QueryPairs,
 ) -> Result<Json<History>, ApiError> {
     q.only(&["type"])?;
@@ -617,19 +664,4 @@ async fn message_history(
         .transpose()?;
     let entries = state.store.history(&id, kind.as_deref()).await?.ok_or_else(not_found)?;
     Ok(Json(History { results: entries.iter().map(|e| e.to_json()).collect() }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_refuse_garbage() {
-        let id = MessageId::parse("order:1").expect("id");
-        let c = encode_cursor(1_700_000_000_000, &id);
-        assert_eq!(decode_cursor(&c), Some((1_700_000_000_000, id)));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-        assert_eq!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v2:1:x")), None);
-        assert_eq!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:x:y")), None);
-    }
 }

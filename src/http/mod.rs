@@ -9,9 +9,12 @@ pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod messages;
+pub mod openapi;
 pub mod ops;
+pub mod paging;
 pub mod subscriptions;
 pub mod tracking;
+pub mod values;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,6 +77,7 @@ impl AppState {
                        message:updated webhooks out."
     ),
     modifiers(&SecurityAddon),
+    components(schemas(messages::HistoryType)),
     tags(
         (name = "messages", description = "Register messages, report statuses, read message logs"),
         (name = "callbacks", description = "Provider delivery callbacks, verified on the raw body"),
@@ -117,7 +121,9 @@ pub fn api(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::Op
 /// The whole application router.
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let (routes, doc) = api(&state);
-    let doc = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    openapi::complete(&mut doc);
+    let doc = doc.to_string();
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

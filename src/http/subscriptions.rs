@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -15,9 +14,11 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, OptionalJson, QueryPairs};
-use crate::clock::{now_ms, parse_time, rfc3339};
-use crate::delivery::signing::{Scheme, SigningKey};
+use super::extract::{self, ApiJson, IdPath, OptionalJson, QueryPairs};
+use super::paging;
+use super::values::{self, TimeValue};
+use crate::clock::{now_ms, rfc3339};
+use crate::delivery::signing::{KeyKind, Scheme, SigningKey};
 use crate::delivery::subscription::{PreviousSecret, Subscription, validate_headers, validate_url};
 use crate::delivery::{DeliveryState, Job};
 use crate::domain::{DeliveryId, MessageId, Status, SubscriptionId};
@@ -46,22 +47,8 @@ const MAX_OVERLAP_SECONDS: u64 = 7 * 86_400;
 /// Previous secrets kept at most.
 const MAX_PREVIOUS: usize = 10;
 
-/// A subscription id from the path; one that cannot exist is not found.
-#[derive(Debug)]
-pub struct SubscriptionPath(pub SubscriptionId);
-
-impl<S: Send + Sync> FromRequestParts<S> for SubscriptionPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) =
-            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        SubscriptionId::parse(&raw).map(SubscriptionPath).map_err(|_| not_found())
-    }
-}
-
 fn not_found() -> ApiError {
-    ApiError::NotFound("no subscription with this id".into())
+    extract::not_found::<SubscriptionId>()
 }
 
 async fn load(state: &AppState, id: &SubscriptionId) -> Result<Subscription, ApiError> {
@@ -137,6 +124,7 @@ pub struct CreateSubscription {
     url: String,
     description: Option<String>,
     /// Statuses to notify; absent or null = all.
+    #[schema(value_type = Option<Vec<Status>>)]
     statuses: Option<Vec<String>>,
     #[serde(default)]
     all_events: bool,
@@ -152,7 +140,13 @@ pub struct CreateSubscription {
     headers: Map<String, Value>,
     #[serde(default = "yes")]
     enabled: bool,
+    /// Attempts in flight at once, per hookrelay process: 1 to 10000.
+    #[serde(default, deserialize_with = "values::optional_uint")]
+    #[schema(minimum = 1, maximum = 10000)]
     max_in_flight: Option<u32>,
+    /// Attempts per second, per hookrelay process: 1 to 100000.
+    #[serde(default, deserialize_with = "values::optional_uint")]
+    #[schema(minimum = 1, maximum = 100000)]
     rate_limit_per_second: Option<u32>,
 }
 
@@ -169,18 +163,18 @@ pub struct UpdateSubscription {
     #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Status>>)]
     statuses: Option<Option<Vec<String>>>,
     all_events: Option<bool>,
     signature_scheme: Option<Scheme>,
     #[schema(value_type = Option<Object>)]
     headers: Option<Map<String, Value>>,
     enabled: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>)]
+    #[serde(default, deserialize_with = "values::present_uint")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     max_in_flight: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>)]
+    #[serde(default, deserialize_with = "values::present_uint")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit_per_second: Option<Option<u32>>,
 }
 
@@ -301,8 +295,9 @@ pub struct SubscriptionList {
 /// List subscriptions, oldest first.
 #[utoipa::path(
     get, path = "/subscriptions", tag = "subscriptions",
-    params(("cursor" = Option<String>, Query, description = "`paging.cursor` of the previous page"),
-           ("limit" = Option<usize>, Query, description = "1 to 200, default 20")),
+    params(("cursor" = Option<String>, Query, pattern = "^$|^[A-Za-z0-9_-]{1,64}$",
+            description = "`paging.cursor` of the previous page (a subscription id); empty for the first"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 20")),
     responses((status = 200, body = SubscriptionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -311,11 +306,12 @@ async fn list_subscriptions(
     q: QueryPairs,
 ) -> Result<Json<SubscriptionList>, ApiError> {
     q.only(&["cursor", "limit"])?;
-    let limit = limit(&q)?;
-    let after = q
-        .one("cursor")?
-        .map(|c| SubscriptionId::parse(c).map_err(|_| ApiError::bad_request("`cursor` is malformed")))
-        .transpose()?;
+    let limit = paging::limit(&q, DEFAULT_LIMIT, MAX_LIMIT)?;
+    // Subscriptions are listed by id: the cursor is the last id.
+    let after = match q.one("cursor")? {
+        None | Some("") => None,
+        Some(c) => Some(SubscriptionId::parse(c).map_err(|_| ApiError::bad_request("`cursor` is malformed"))?),
+    };
     let mut rows = state.store.list_subscriptions(after.as_ref(), limit).await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
@@ -324,17 +320,6 @@ async fn list_subscriptions(
         paging: super::messages::Paging::new(cursor, more),
         results: rows.iter().map(SubscriptionView::of).collect(),
     }))
-}
-
-fn limit(q: &QueryPairs) -> Result<usize, ApiError> {
-    match q.one("limit")? {
-        None => Ok(DEFAULT_LIMIT),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))),
-    }
 }
 
 /// One subscription.
@@ -346,7 +331,7 @@ fn limit(q: &QueryPairs) -> Result<usize, ApiError> {
 )]
 async fn get_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(SubscriptionView::of(&load(&state, &id).await?)))
 }
@@ -388,7 +373,7 @@ async fn save(state: &AppState, mut subscription: Subscription) -> Result<Json<S
 )]
 async fn update_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
     ApiJson(body): ApiJson<UpdateSubscription>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let mut s = load(&state, &id).await?;
@@ -449,7 +434,7 @@ fn set_enabled(s: &mut Subscription, enabled: bool) {
 )]
 async fn delete_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_subscription(&id).await? {
         return Err(not_found());
@@ -469,7 +454,7 @@ async fn delete_subscription(
 )]
 async fn enable_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let mut s = load(&state, &id).await?;
     set_enabled(&mut s, true);
@@ -488,7 +473,7 @@ async fn enable_subscription(
 )]
 async fn disable_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let mut s = load(&state, &id).await?;
     set_enabled(&mut s, false);
@@ -534,7 +519,7 @@ fn secret_view(s: &Subscription, now: i64) -> SecretView {
 )]
 async fn get_secret(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<Json<SecretView>, ApiError> {
     Ok(Json(secret_view(&load(&state, &id).await?, now_ms())))
 }
@@ -543,10 +528,15 @@ async fn get_secret(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
-    /// The new secret (a `whsk_` signing key for `standard-webhooks-ed25519`);
-    /// generated when absent.
+    /// The new secret: a `whsec_` secret, or a `whsk_` ed25519 signing key
+    /// (which moves a Standard Webhooks subscription to
+    /// `standard-webhooks-ed25519`, as a `whsec_` one moves it back; the
+    /// Courier scheme takes secrets only). Generated, of the subscription's
+    /// kind, when absent.
     secret: Option<String>,
     /// How long the old secret keeps signing too (default 24 h, at most 7 days).
+    #[serde(default, deserialize_with = "values::optional_uint")]
+    #[schema(minimum = 0, maximum = 604800)]
     overlap_seconds: Option<u64>,
 }
 
@@ -556,7 +546,7 @@ pub struct RotateSecret {
 #[utoipa::path(
     post, path = "/subscriptions/{id}/rotate-secret", tag = "subscriptions",
     params(("id" = String, Path)),
-    request_body = RotateSecret,
+    request_body(content = Option<RotateSecret>, description = "Optional: with no body a secret is generated and the old one signs for a day too"),
     responses((status = 200, body = SecretView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "Changed meanwhile (by another request or an automatic disable): read it again and retry", body = ErrorBody)),
@@ -564,7 +554,7 @@ pub struct RotateSecret {
 )]
 async fn rotate_secret(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
     OptionalJson(body): OptionalJson<RotateSecret>,
 ) -> Result<Json<SecretView>, ApiError> {
     let body = body.unwrap_or_default();
@@ -573,7 +563,23 @@ async fn rotate_secret(
         return Err(ApiError::bad_request(format!("`overlap_seconds` must be at most {MAX_OVERLAP_SECONDS}")));
     }
     let mut s = load(&state, &id).await?;
-    let secret = secret_for(s.scheme, body.secret)?;
+    let secret = match body.secret {
+        None => new_secret(s.scheme)?,
+        Some(given) => {
+            let key = SigningKey::parse(&given).map_err(|e| ApiError::bad_request(format!("`secret`: {e}")))?;
+            // A key of the other kind moves a Standard Webhooks subscription
+            // between v1 and v1a, the old key signing beside it meanwhile.
+            s.scheme = match (s.scheme, key.kind()) {
+                (Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519, KeyKind::Hmac) => Scheme::StandardWebhooks,
+                (Scheme::StandardWebhooks | Scheme::StandardWebhooksEd25519, KeyKind::Ed25519) => {
+                    Scheme::StandardWebhooksEd25519
+                }
+                (Scheme::Courier, _) => Scheme::Courier,
+            };
+            s.scheme.check_key(&key).map_err(|e| ApiError::bad_request(format!("`secret`: {e} (courier)")))?;
+            key
+        }
+    };
     let now = now_ms();
     rotate(&mut s, secret, overlap, now);
     store_changes(&state, &mut s).await?;
@@ -620,7 +626,7 @@ pub const PING_MESSAGE: &str = "hookrelay-ping";
 )]
 async fn test_subscription(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
 ) -> Result<Json<TestResult>, ApiError> {
     let s = load(&state, &id).await?;
     let now = now_ms();
@@ -670,12 +676,14 @@ async fn test_subscription(
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Messages enqueued at or after this time (epoch ms or RFC 3339).
-    #[schema(value_type = String)]
-    from: Value,
-    /// ...and before this one (default: now).
-    #[schema(value_type = Option<String>)]
-    to: Option<Value>,
+    #[schema(schema_with = values::time_schema)]
+    from: TimeValue,
+    /// ...and before this one (default: now). A range that ends before it
+    /// starts holds no message.
+    #[schema(schema_with = values::optional_time_schema)]
+    to: Option<TimeValue>,
     /// Only messages now in one of these statuses.
+    #[schema(value_type = Option<Vec<Status>>, min_items = 1)]
     statuses: Option<Vec<String>>,
 }
 
@@ -685,13 +693,8 @@ pub struct ReplayResult {
     queued: usize,
 }
 
-fn time_value(field: &str, v: &Value) -> Result<i64, ApiError> {
-    let parsed = match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => parse_time(s),
-        _ => None,
-    };
-    parsed.ok_or_else(|| ApiError::bad_request(format!("`{field}` must be epoch milliseconds or RFC 3339 text")))
+fn time_value(field: &str, v: &TimeValue) -> Result<i64, ApiError> {
+    v.millis().ok_or_else(|| ApiError::bad_request(format!("`{field}` must be epoch milliseconds or RFC 3339 text")))
 }
 
 /// Re-send the current state of every message enqueued in a time range
@@ -708,16 +711,14 @@ fn time_value(field: &str, v: &Value) -> Result<i64, ApiError> {
 )]
 async fn replay(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
     ApiJson(body): ApiJson<ReplayRequest>,
 ) -> Result<(StatusCode, Json<ReplayResult>), ApiError> {
     let s = load(&state, &id).await?;
     let now = now_ms();
     let from = time_value("from", &body.from)?;
     let to = body.to.as_ref().map(|t| time_value("to", t)).transpose()?.unwrap_or(now + 1);
-    if to <= from {
-        return Err(ApiError::bad_request("`to` must be after `from`"));
-    }
+    // An empty range (`to` not after `from`) holds no message: nothing to queue.
     let statuses = check_statuses(body.statuses)?.unwrap_or_default();
     let timestamp = rfc3339(now);
     let mut query = MessageQuery {
@@ -773,7 +774,8 @@ pub struct DeliveryView {
     /// `status`, `event`, `replay` or `test`.
     kind: String,
     state: DeliveryState,
-    attempts: u32,
+    /// Attempts made so far (their details: `GET /deliveries/{id}`).
+    attempt_count: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -795,7 +797,7 @@ impl DeliveryView {
             seq: d.seq,
             kind: d.kind.clone(),
             state: d.state,
-            attempts: d.attempts,
+            attempt_count: d.attempts,
             next_attempt_at: d.next_attempt_at.filter(|_| d.state == DeliveryState::Pending),
             last_status: d.last_status,
             last_error: d.last_error.clone(),
@@ -813,36 +815,25 @@ pub struct DeliveryList {
     results: Vec<DeliveryView>,
 }
 
-fn encode_delivery_cursor(created_at: i64, id: &DeliveryId) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d1:{created_at}:{id}"))
-}
-
-fn decode_delivery_cursor(c: &str) -> Option<(i64, DeliveryId)> {
-    use base64::Engine;
-    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
-    let mut parts = text.splitn(3, ':');
-    (parts.next()? == "d1").then_some(())?;
-    Some((parts.next()?.parse().ok()?, DeliveryId::parse(parts.next()?).ok()?))
-}
-
 /// A subscription's deliveries, newest first.
 #[utoipa::path(
     get, path = "/subscriptions/{id}/deliveries", tag = "deliveries",
     params(("id" = String, Path),
-           ("state" = Option<String>, Query, description = "pending, succeeded, failed or dead"),
-           ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query, description = "1 to 200, default 20")),
+           ("state" = Option<DeliveryState>, Query, description = "pending, succeeded, failed or dead"),
+           ("cursor" = Option<String>, Query, pattern = "^$|^[0-9]{1,15}\\.[A-Za-z0-9_-]{1,64}$",
+            description = "`paging.cursor` of the previous page; empty for the first"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 20")),
     responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []))
 )]
 async fn list_deliveries(
     State(state): State<Arc<AppState>>,
-    SubscriptionPath(id): SubscriptionPath,
+    IdPath(id): IdPath<SubscriptionId>,
     q: QueryPairs,
 ) -> Result<Json<DeliveryList>, ApiError> {
     q.only(&["state", "cursor", "limit"])?;
-    let limit = limit(&q)?;
+    let limit = paging::limit(&q, DEFAULT_LIMIT, MAX_LIMIT)?;
     let state_filter = q
         .one("state")?
         .map(|s| {
@@ -850,16 +841,13 @@ async fn list_deliveries(
                 .ok_or_else(|| ApiError::bad_request("`state` must be pending, succeeded, failed or dead"))
         })
         .transpose()?;
-    let after = q
-        .one("cursor")?
-        .map(|c| decode_delivery_cursor(c).ok_or_else(|| ApiError::bad_request("`cursor` is malformed")))
-        .transpose()?;
+    let after = paging::cursor(&q, |id| DeliveryId::parse(id).ok())?;
     load(&state, &id).await?;
     let query = DeliveryQuery { subscription_id: id, state: state_filter, after, limit };
     let mut rows = state.store.list_deliveries(&query).await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let cursor = if more { rows.last().map(|d| encode_delivery_cursor(d.created_at, &d.id)) } else { None };
+    let cursor = if more { rows.last().map(|d| paging::encode(d.created_at, &d.id)) } else { None };
     Ok(Json(DeliveryList {
         paging: super::messages::Paging::new(cursor, more),
         results: rows.iter().map(DeliveryView::of).collect(),

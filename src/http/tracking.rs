@@ -302,9 +302,6 @@ async fn rewrite_html(
     if body.html.len() > MAX_HTML_BYTES {
         return Err(ApiError::bad_request(format!("`html` must be at most {MAX_HTML_BYTES} bytes")));
     }
-    if !body.opens && !body.clicks {
-        return Err(ApiError::bad_request("nothing to do: set `opens`, `clicks` or both"));
-    }
     let Some(key_id) = state.tracking.signing_key_id().map(str::to_owned) else {
         return Ok(not_configured());
     };

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::command::{Command, Outcome, Registration, ReplayGuard};
 use crate::domain::event::dedupe_key;
 use crate::domain::{
-    DeliveryId, EventKind, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
+    DeliveryId, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
 };
 
 /// Longest recipient a callback may give a message (the API's limit):
@@ -486,12 +486,10 @@ impl Planner<'_> {
         if record.provider_message_id.is_some() {
             return;
         }
-        if record.provider.as_ref().is_some_and(|p| *p != pref.provider) {
-            // Registered for one provider, now reported by another (a
-            // failover): keep the first provider's name, record the id.
-        } else {
-            record.provider = Some(pref.provider.clone());
-        }
+        // Registered for one provider and reported by another (a failover),
+        // the message is the reporting provider's now: its callbacks carry
+        // this pair, and this pair is the one checked for another owner.
+        record.provider = Some(pref.provider.clone());
         record.provider_message_id = Some(pref.message_id.clone());
         work.dirty = true;
         self.by_ref.insert(pref, id.clone());
@@ -683,12 +681,33 @@ pub fn history_entry(row: &EventRow) -> Value {
     Value::Object(entry)
 }
 
+/// Every `type` a history entry can have: the statuses, then the events
+/// that change none.
+pub const HISTORY_TYPES: [&str; 19] = [
+    "ENQUEUED",
+    "ROUTED",
+    "SENT",
+    "DELAYED",
+    "DELIVERED",
+    "OPENED",
+    "CLICKED",
+    "UNDELIVERABLE",
+    "UNROUTABLE",
+    "UNMAPPED",
+    "CANCELED",
+    "FILTERED",
+    "THROTTLED",
+    "DIGESTED",
+    "SIMULATED",
+    "COMPLAINED",
+    "UNSUBSCRIBED",
+    "RESUBSCRIBED",
+    "UNKNOWN",
+];
+
 /// The kind of a history event named by `?type=`, if it is one hookrelay writes.
 pub fn is_history_type(s: &str) -> bool {
-    Status::parse(s).is_some()
-        || [EventKind::Complained, EventKind::Unsubscribed, EventKind::Resubscribed, EventKind::Unknown]
-            .iter()
-            .any(|k| k.history_type().eq_ignore_ascii_case(s))
+    HISTORY_TYPES.iter().any(|t| t.eq_ignore_ascii_case(s))
 }
 
 #[cfg(test)]

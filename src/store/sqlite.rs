@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
@@ -52,7 +53,19 @@ type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 /// The SQLite store.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteJob>,
+    /// Whether the writer thread is running (it clears this when it ends,
+    /// panicking or not).
+    writer_alive: Arc<AtomicBool>,
     readers: Arc<Readers>,
+}
+
+/// Clears the writer's flag when the writer thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -140,9 +153,12 @@ impl SqliteStore {
         ))
         .map_err(sqlite_error)?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(writer_alive.clone());
         std::thread::Builder::new()
             .name("hookrelay-sqlite-writer".into())
             .spawn(move || {
+                let _guard = guard;
                 let mut conn = conn;
                 conn.set_prepared_statement_cache_capacity(64);
                 // Runs until every sender (the store) is dropped.
@@ -153,6 +169,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Other(e.into()))?;
         Ok(SqliteStore {
             writer: tx,
+            writer_alive,
             readers: Arc::new(Readers {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -231,8 +248,13 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_error)).await?;
-        // The writer thread must be alive too, or nothing can be acknowledged.
-        self.write(|_| Ok(())).await
+        // The writer thread must be alive too, or nothing can be acknowledged;
+        // a busy one is alive (waiting for it would fail readiness under load).
+        if self.writer_alive.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the SQLite writer thread has stopped".into()))
+        }
     }
 
     async fn apply_batch(

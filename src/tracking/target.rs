@@ -75,8 +75,10 @@ pub fn check(raw: &str) -> Result<String, TargetError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(TargetError::UserInfo);
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(TargetError::NoHost);
+    match url.host() {
+        None => return Err(TargetError::NoHost),
+        Some(url::Host::Domain(d)) if !crate::domain::host::is_dns_name(d) => return Err(TargetError::Invalid),
+        Some(_) => {}
     }
     let out = String::from(url);
     if out.len() > MAX_TARGET_LEN {

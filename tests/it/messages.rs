@@ -390,15 +390,26 @@ async fn odd_inputs_get_clear_errors(backend: Backend) {
     let (_, body) = crate::helpers::read(delete).await;
     assert_eq!(body["type"], "invalid_request_error");
     app.register(json!({"id": "o"})).await;
-    for event in [
-        json!({"status": "CANCELED"}),
-        json!({"status": "SENT", "ts": -99_999_999_999_999_999_i64}),
-        json!({"status": "SENT", "ts": i64::MAX}),
-        json!({"status": "SENT", "ts": "1999-12-31T23:59:59Z"}),
-    ] {
+    for event in [json!({"status": "CANCELED"}), json!({"status": "ENQUEUED"}), json!({"status": "SENT", "ts": "soon"})]
+    {
         let (status, body) = app.post("/messages/o/events", event.clone()).await;
         assert_eq!(status, 400, "{event}: {body}");
     }
     let (_, m) = app.get("/messages/o").await;
     assert_eq!((m["status"].clone(), m.get("sent").cloned()), (json!("ENQUEUED"), None));
+    // Absurd times are recorded at the time received, the given one kept:
+    // a milestone keeps its first time, so a wrong one must not stick.
+    let before = hookrelay::clock::now_ms();
+    for (ts, key) in [
+        (json!(-99_999_999_999_999_999_i64), "past"),
+        (json!(i64::MAX), "future"),
+        (json!("1999-12-31T23:59:59Z"), "y2k"),
+    ] {
+        let m = app.event("o", json!({"status": "DELIVERED", "ts": ts, "event_id": key})).await;
+        assert!(m["delivered"].as_i64().is_some_and(|d| d >= before), "{m}");
+    }
+    let (_, history) = app.get("/messages/o/history?type=DELIVERED").await;
+    let reported: Vec<Value> =
+        history["results"].as_array().expect("results").iter().map(|e| e["reported_ts"].clone()).collect();
+    assert_eq!(reported, [json!(-99_999_999_999_999_999_i64), json!(i64::MAX), json!(946_684_799_000_i64)]);
 }

@@ -531,3 +531,41 @@ fn a_single_use_token_may_not_carry_another_body() {
     assert_eq!(plan.outcomes, vec![Outcome::Replayed]);
     assert!(plan.events.is_empty() && plan.messages.is_empty());
 }
+
+#[test]
+fn history_types_are_every_status_and_the_events_that_change_none() {
+    for status in Status::ALL {
+        assert!(is_history_type(status.as_str()), "{status:?}");
+    }
+    for kind in [EventKind::Complained, EventKind::Unsubscribed, EventKind::Resubscribed, EventKind::Unknown] {
+        assert!(is_history_type(kind.history_type()), "{kind:?}");
+    }
+    assert_eq!(HISTORY_TYPES.len(), Status::ALL.len() + 4);
+    assert!(is_history_type("delivered") && !is_history_type("") && !is_history_type("BOUNCE"));
+}
+
+#[test]
+fn a_failover_records_the_provider_that_sent() {
+    // m1 was registered for sendgrid without its id; m2 owns sendgrid's "0".
+    let mut m1 = MessageRecord::new(MessageId::parse("m1").expect("id"), NOW - 100);
+    m1.registered = true;
+    m1.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    let mut m2 = MessageRecord::new(MessageId::parse("m2").expect("id"), NOW - 100);
+    m2.registered = true;
+    m2.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    m2.provider_message_id = Some("0".into());
+    // m1 went out through mailgun as "0" after all.
+    let mailgun = ProviderRef::new(ProviderName::parse("mailgun").expect("name"), "0").expect("ref");
+    let command = Command::Event {
+        target: Target { id: Some(MessageId::parse("m1").expect("id")), provider: Some(mailgun) },
+        event: ev(Status::Sent, "k-fo", NOW - 5),
+        create: false,
+        want_message: true,
+        guard: None,
+    };
+    let plan = run(&[command], Loaded { messages: vec![m1, m2], ..Loaded::default() });
+    assert!(matches!(plan.outcomes[0], Outcome::Applied { changed: true, .. }), "{:?}", plan.outcomes);
+    let m1 = stored(&plan, "m1");
+    assert_eq!(m1.provider.as_ref().map(ProviderName::as_str), Some("mailgun"));
+    assert_eq!(m1.provider_message_id.as_deref(), Some("0"), "not sendgrid's \"0\", which m2 holds");
+}
