@@ -20,10 +20,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
+use hookrelay::domain::subscription::SubscriptionFilter;
 use hookrelay::domain::{MessageId, Status, SubscriptionId};
-use hookrelay::ingest::Command;
-use hookrelay::ingest::plan::{Loaded, SubscriptionFilter, plan};
+use hookrelay::plan::{Command, Fresh, Loaded, plan};
 use hookrelay::providers::{CallbackRequest, NoCertificates, Source};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
@@ -390,11 +391,11 @@ fn ingest_plan(c: &mut Criterion) {
     let loaded =
         |subscribers: &[SubscriptionFilter]| Loaded { subscriptions: subscribers.to_vec(), ..Loaded::default() };
 
-    let checked = plan(&commands, loaded(&[]), now, timestamp.into());
+    let checked = plan(&commands, loaded(&[]), now, timestamp.into(), &mut Fresh);
     assert_eq!(checked.outcomes.len(), commands.len());
     assert_eq!(checked.messages.len(), BATCH_MESSAGES, "one new message per hookrelay id");
     assert!(checked.deliveries.is_empty());
-    let checked = plan(&commands, loaded(std::slice::from_ref(&subscriber)), now, timestamp.into());
+    let checked = plan(&commands, loaded(std::slice::from_ref(&subscriber)), now, timestamp.into(), &mut Fresh);
     let first = MessageId::parse("msg_bench_0000").expect("id");
     let record = checked.messages.iter().find(|m| m.record.id == first).map(|m| &m.record).expect("planned");
     assert_eq!(record.state.status, Status::Clicked);
@@ -411,7 +412,7 @@ fn ingest_plan(c: &mut Criterion) {
             // The inputs are consumed by `plan`; building them is not timed.
             b.iter_batched(
                 || (loaded(subscribers), timestamp.to_owned()),
-                |(loaded, ts)| plan(black_box(&commands), loaded, now, ts),
+                |(loaded, ts)| plan(black_box(&commands), loaded, now, ts, &mut Fresh),
                 BatchSize::SmallInput,
             )
         });

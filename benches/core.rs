@@ -10,10 +10,10 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hookrelay::delivery::signing::{self, Scheme, SigningKey, VerifyKey};
+use hookrelay::domain::outbox::payload;
+use hookrelay::domain::signing::{self, Scheme, SigningKey, VerifyKey};
 use hookrelay::domain::status::supersedes;
 use hookrelay::domain::{Channel, MessageId, MessageRecord, MessageState, ProviderName, Reason, Status};
-use hookrelay::ingest::plan::payload;
 use hookrelay::tracking::token::{Claims, Keyring, TokenKind};
 use serde_json::json;
 
@@ -88,7 +88,7 @@ fn status_engine(c: &mut Criterion) {
 }
 
 /// A `message:updated` payload as the planner builds it
-/// ([`hookrelay::ingest::plan::payload`]) for a registered, clicked email:
+/// ([`hookrelay::domain::outbox::payload`]) for a registered, clicked email:
 /// 562 bytes, about what hookrelay sends for a registered email.
 fn outbound_payload() -> Vec<u8> {
     let id = MessageId::parse("msg_01HZX3RELAYEXAMPLE0000000000").expect("id");

@@ -201,14 +201,14 @@ async fn tracking_keys(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resul
         let secret = store.setting_or_init(TRACKING_KEY_SETTING, &candidate, now_ms()).await?;
         tracking.keys.push(crate::config::TrackingKey {
             id: STORED_TRACKING_KEY_ID.into(),
-            secret: crate::config::Secret::new(secret),
+            secret: crate::domain::Secret::new(secret),
         });
     } else if let Some(secret) = store.setting(TRACKING_KEY_SETTING).await?
         && !tracking.keys.iter().any(|k| k.id == STORED_TRACKING_KEY_ID)
     {
         tracking.keys.push(crate::config::TrackingKey {
             id: STORED_TRACKING_KEY_ID.into(),
-            secret: crate::config::Secret::new(secret),
+            secret: crate::domain::Secret::new(secret),
         });
     }
     Ok(tracking)

@@ -2,11 +2,14 @@
 //! `HOOKRELAY__SECTION__KEY` environment variables. Unknown keys are refused
 //! and every error names the key it is about.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::domain::Secret;
+#[cfg(test)]
+use crate::domain::secret::MASKED;
 
 /// Environment variables under this prefix override file settings:
 /// `HOOKRELAY__INGEST__BATCH_MAX_EVENTS=500` sets `ingest.batch_max_events`.
@@ -359,37 +362,6 @@ impl SourceConfig {
     }
 }
 
-/// A secret from the configuration; never printed, and serialized masked
-/// (`hookrelay check-config` prints the configuration as TOML).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-/// What a secret looks like when the configuration is printed.
-pub const MASKED: &str = "********";
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { MASKED })
-    }
-}
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
 fn list_or_comma_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -398,8 +370,8 @@ fn list_or_comma_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Se
         One(String),
     }
     Ok(match Either::deserialize(d)? {
-        Either::List(v) => v.into_iter().map(Secret).collect(),
-        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Secret(s.to_owned())).collect(),
+        Either::List(v) => v.into_iter().map(Secret::new).collect(),
+        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect(),
     })
 }
 

@@ -34,6 +34,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod net;
+pub mod plan;
 pub mod providers;
 pub mod store;
 pub mod telemetry;

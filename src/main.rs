@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hookrelay::config::Secret;
-use hookrelay::delivery::signing::{Scheme, VerifyKey};
 use hookrelay::delivery::verify::{self, Headers, Verdict};
 use hookrelay::domain::Scopes;
+use hookrelay::domain::Secret;
+use hookrelay::domain::signing::{Scheme, VerifyKey};
 use hookrelay::{Application, Config, telemetry};
 use tokio_util::sync::CancellationToken;
 

@@ -28,7 +28,7 @@ use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use hmac::{KeyInit, Mac};
-use hookrelay::delivery::signing::{VerifyKey, verify_standard};
+use hookrelay::domain::signing::{VerifyKey, verify_standard};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;

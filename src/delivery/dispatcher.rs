@@ -29,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Attempt, Next, RetryPolicy, classify_status};
 use super::client::Client;
-use super::signing;
 use super::ssrf::AddressPolicy;
-use super::subscription::Subscription;
-use super::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
+use crate::domain::outbox::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
+use crate::domain::signing;
+use crate::domain::subscription::Subscription;
 use crate::domain::{DeliveryId, SubscriptionId};
 use crate::ingest::Handoff;
 use crate::store::{Claim, Store};

@@ -1,55 +1,9 @@
-//! Subscriptions: who hears about status changes, how requests to them are
-//! signed, and the checks their settings pass. Pure.
+//! The checks a subscription's settings pass (headers, destination URL).
+//! Pure. The record itself is [`crate::domain::subscription`]'s.
 
 use std::net::IpAddr;
 
-use super::signing::{Scheme, SigningKey};
 use super::ssrf::AddressPolicy;
-use crate::domain::{Status, SubscriptionId};
-
-/// A key kept signing during a rotation, until `expires_at` (epoch ms).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreviousSecret {
-    pub secret: SigningKey,
-    pub expires_at: i64,
-}
-
-/// A subscriber endpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Subscription {
-    pub id: SubscriptionId,
-    pub url: String,
-    pub description: Option<String>,
-    /// Statuses to notify; `None` means all.
-    pub statuses: Option<Vec<Status>>,
-    /// Also notify history events that change no status.
-    pub all_events: bool,
-    pub scheme: Scheme,
-    /// The current key, of the kind the scheme signs with.
-    pub secret: SigningKey,
-    pub previous_secrets: Vec<PreviousSecret>,
-    /// Extra request headers, in order.
-    pub headers: Vec<(String, String)>,
-    pub enabled: bool,
-    pub disabled_reason: Option<String>,
-    /// Attempts in flight at once per process; `None` = the configured default.
-    pub max_in_flight: Option<u32>,
-    pub rate_limit_per_second: Option<u32>,
-    /// Since when every attempt has failed (epoch ms); cleared by a success.
-    pub failing_since: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-impl Subscription {
-    /// The secrets that sign an attempt at `now`: the current one first,
-    /// then those still inside their rotation overlap.
-    pub fn signing_secrets(&self, now: i64) -> Vec<&SigningKey> {
-        std::iter::once(&self.secret)
-            .chain(self.previous_secrets.iter().filter(|p| p.expires_at > now).map(|p| &p.secret))
-            .collect()
-    }
-}
 
 /// Most custom headers on one subscription.
 pub const MAX_HEADERS: usize = 20;
@@ -141,7 +95,6 @@ pub fn validate_url(url: &str, policy: &AddressPolicy) -> Result<reqwest::Url, S
 
 #[cfg(test)]
 mod tests {
-    use super::super::signing::KeyKind;
     use super::*;
 
     #[test]
@@ -197,35 +150,5 @@ mod tests {
         assert_eq!(twice, [("x-a".to_owned(), "2".to_owned())], "the last one wins");
         let many: Vec<_> = (0..21).map(|i| (format!("x-{i}"), "v".to_owned())).collect();
         assert!(validate_headers(&many).is_err());
-    }
-
-    #[test]
-    fn rotation_window() {
-        let secret = SigningKey::generate(KeyKind::Hmac).expect("entropy");
-        let old = SigningKey::generate(KeyKind::Ed25519).expect("entropy");
-        let expired = SigningKey::generate(KeyKind::Hmac).expect("entropy");
-        let sub = Subscription {
-            id: SubscriptionId::generate(),
-            url: "https://example.com".into(),
-            description: None,
-            statuses: None,
-            all_events: false,
-            scheme: Scheme::StandardWebhooks,
-            secret: secret.clone(),
-            previous_secrets: vec![
-                PreviousSecret { secret: old.clone(), expires_at: 2_000 },
-                PreviousSecret { secret: expired, expires_at: 500 },
-            ],
-            headers: Vec::new(),
-            enabled: true,
-            disabled_reason: None,
-            max_in_flight: None,
-            rate_limit_per_second: None,
-            failing_since: None,
-            created_at: 0,
-            updated_at: 0,
-        };
-        assert_eq!(sub.signing_secrets(1_000), vec![&secret, &old]);
-        assert_eq!(sub.signing_secrets(3_000), vec![&secret]);
     }
 }

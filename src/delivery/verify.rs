@@ -16,8 +16,8 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::signing::{self, Scheme, SignatureError, VerifyKey};
 use crate::clock::rfc3339;
+use crate::domain::signing::{self, Scheme, SignatureError, VerifyKey};
 
 const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
 const COURIER_HEADER: &str = "courier-signature";
@@ -437,8 +437,8 @@ impl fmt::Display for Report {
 
 #[cfg(test)]
 mod tests {
-    use super::super::signing::KeyKind;
     use super::*;
+    use crate::domain::signing::KeyKind;
 
     /// The Standard Webhooks published vector (webhooks.md §2, vector A).
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

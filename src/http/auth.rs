@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::error::ApiError;
 use crate::clock::now_ms;
-use crate::config::Secret;
+use crate::domain::Secret;
 use crate::domain::api_key::prefix_of;
 use crate::domain::{ApiKeyId, ApiKeyRecord, Scope, Scopes};
 use crate::store::{Store, StoreError};

@@ -26,7 +26,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::BodyLimit;
 use crate::clock::now_ms;
-use crate::ingest::{Command, Outcome, ReplayGuard};
+use crate::plan::{Command, Outcome, ReplayGuard};
 use crate::providers::{Action, CallbackRequest, CertificateStore, Source};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {

@@ -16,8 +16,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{self, IdPath};
 use super::subscriptions::DeliveryView;
 use crate::clock::now_ms;
-use crate::delivery::AttemptRecord;
 use crate::domain::DeliveryId;
+use crate::domain::outbox::AttemptRecord;
 use crate::store::RetryResult;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {

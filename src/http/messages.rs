@@ -23,8 +23,8 @@ use crate::domain::event::{dedupe_key, hashed_dedupe_key};
 use crate::domain::{
     Channel, MessageId, MessageRecord, MessageView, NormalizedEvent, ProviderName, ProviderRef, Reason, Status, Target,
 };
-use crate::ingest::plan::is_history_type;
-use crate::ingest::{Command, Outcome, Registration};
+use crate::plan::is_history_type;
+use crate::plan::{Command, Outcome, Registration};
 use crate::store::MessageQuery;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -622,7 +622,7 @@ impl utoipa::PartialSchema for HistoryType {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::Type::String)
-            .enum_values(Some(crate::ingest::plan::HISTORY_TYPES.iter().copied()))
+            .enum_values(Some(crate::plan::HISTORY_TYPES.iter().copied()))
             .into()
     }
 }

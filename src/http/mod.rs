@@ -28,7 +28,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::ingest::{Command, Ingest, Outcome};
+use crate::ingest::Ingest;
+use crate::plan::{Command, Outcome};
 use crate::store::Store;
 use auth::ApiKeys;
 use error::ApiError;

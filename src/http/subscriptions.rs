@@ -18,11 +18,11 @@ use super::extract::{self, ApiJson, IdPath, OptionalJson, QueryPairs};
 use super::paging;
 use super::values::{self, TimeValue};
 use crate::clock::{now_ms, rfc3339};
-use crate::delivery::signing::{KeyKind, Scheme, SigningKey};
-use crate::delivery::subscription::{PreviousSecret, Subscription, validate_headers, validate_url};
-use crate::delivery::{DeliveryState, Job};
+use crate::delivery::subscription::{validate_headers, validate_url};
+use crate::domain::outbox::{DeliveryKind, DeliveryRow, DeliveryState, Job, payload};
+use crate::domain::signing::{KeyKind, Scheme, SigningKey};
+use crate::domain::subscription::{PreviousSecret, Subscription};
 use crate::domain::{DeliveryId, MessageId, Status, SubscriptionId};
-use crate::ingest::plan::{DeliveryKind, DeliveryRow, payload};
 use crate::store::{DeliveryQuery, MessageQuery};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {

@@ -35,7 +35,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use crate::clock::now_ms;
 use crate::domain::MessageId;
-use crate::ingest::{Command, IngestError, Outcome};
+use crate::ingest::IngestError;
+use crate::plan::{Command, Outcome};
 use crate::tracking::token::TokenKind;
 use crate::tracking::{HitRequest, PIXEL_GIF, SignError, rewrite};
 

@@ -17,9 +17,6 @@
 //! hands the backlog back to the providers, who retry, instead of holding
 //! their connections until they time out (and retry anyway).
 
-pub mod command;
-pub mod plan;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,13 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use command::{Command, Outcome, Registration, ReplayGuard};
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::now_ms;
 use crate::config::IngestConfig;
-use crate::delivery::{self, Lease};
+use crate::domain::outbox::{Job, Lease};
+use crate::plan::{Command, Outcome};
 use crate::store::{Backend, Store, StoreError};
 
 /// Why a submission was not applied. Nothing was acknowledged; the caller
@@ -162,7 +158,7 @@ pub struct BatchWriter {
 /// claimed in the ordinary way (by any process).
 #[derive(Debug, Clone)]
 pub struct Handoff {
-    pub tx: mpsc::Sender<Vec<delivery::Job>>,
+    pub tx: mpsc::Sender<Vec<Job>>,
     pub accepting: Arc<AtomicBool>,
     /// Wakes the worker to claim what was inserted unleased.
     pub wake: Arc<tokio::sync::Notify>,

@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::{ParseContext, VerifyError};
-use crate::config::{Secret, SourceConfig};
+use crate::config::SourceConfig;
+use crate::domain::Secret;
 use crate::domain::event::{dedupe_key, hashed_dedupe_key};
 use crate::domain::{EventKind, MessageId, NormalizedEvent, ProviderRef, Target};
 

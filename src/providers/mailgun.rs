@@ -20,7 +20,8 @@ use sha2::Sha256;
 
 use super::common::{self, HttpAuth, check_window, ct_eq, json_seconds_to_ms, key_from_id, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, SingleUse, VerifyError};
-use crate::config::{Secret, SourceConfig};
+use crate::config::SourceConfig;
+use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Mailgun source uses.

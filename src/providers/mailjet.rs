@@ -174,7 +174,7 @@ mod tests {
 
     use super::super::common::testing::{config, context, fixture, headers, mutations, post};
     use super::*;
-    use crate::config::Secret;
+    use crate::domain::Secret;
 
     const URL: &str = "https://relay.example.com/callbacks/mailjet";
 

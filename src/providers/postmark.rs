@@ -167,7 +167,7 @@ mod tests {
 
     use super::super::common::testing::{config, context, fixture, headers, mutations, post};
     use super::*;
-    use crate::config::Secret;
+    use crate::domain::Secret;
 
     const URL: &str = "https://hooks.example.com/callbacks/postmark";
 

@@ -14,13 +14,12 @@
 //! across retries (`svix-id`).
 
 use base64::Engine;
-use hmac::{KeyInit, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
-use super::common::{self, check_window, ct_eq, key_from_id, key_from_parts, str_field};
+use super::common::{self, check_window, key_from_id, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
 use crate::config::SourceConfig;
+use crate::domain::signing::{self, VerifyKey, WebhookSecret};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Resend source uses.
@@ -36,7 +35,7 @@ const SIGNATURE: (&str, &str) = ("svix-signature", "webhook-signature");
 
 /// A Resend source's signing keys (the decoded `whsec_` secrets).
 pub struct Credentials {
-    keys: Vec<Vec<u8>>,
+    keys: Vec<VerifyKey>,
     tolerance: u64,
 }
 
@@ -66,16 +65,13 @@ impl Credentials {
     }
 }
 
-fn decode_secret(secret: &str) -> Result<Vec<u8>, &'static str> {
+fn decode_secret(secret: &str) -> Result<VerifyKey, &'static str> {
     let encoded = secret
         .trim()
         .strip_prefix("whsec_")
         .ok_or("must start with whsec_ (the webhook signing secret, not an API key)")?;
     let key = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| "not base64 after whsec_")?;
-    if key.is_empty() {
-        return Err("empty after whsec_");
-    }
-    Ok(key)
+    WebhookSecret::from_key(secret, key).map(VerifyKey::Hmac).ok_or("empty after whsec_")
 }
 
 /// A header under its Svix name, else its Standard Webhooks name.
@@ -92,31 +88,6 @@ fn svix_header<'a>(
     }
 }
 
-/// Whether any `v1` entry of `signatures` is the HMAC of `id.timestamp.body`
-/// under any key. Every pair is compared, so timing says nothing about which.
-fn signature_matches(keys: &[Vec<u8>], id: &str, timestamp: &str, body: &[u8], signatures: &str) -> bool {
-    let presented: Vec<&str> = signatures
-        .split_whitespace()
-        .filter_map(|entry| entry.split_once(','))
-        .filter(|(version, _)| *version == "v1")
-        .map(|(_, sig)| sig)
-        .collect();
-    let mut matched = false;
-    for key in keys {
-        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else { continue };
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        for sig in &presented {
-            matched |= ct_eq(expected.as_bytes(), sig.as_bytes());
-        }
-    }
-    matched
-}
-
 /// Checks the signature (any configured secret) and the timestamp window.
 pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Result<(), VerifyError> {
     let id = svix_header(req, ID)?;
@@ -124,7 +95,7 @@ pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Resul
     let signatures = svix_header(req, SIGNATURE)?;
     let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::Malformed(TIMESTAMP.0))?;
     // The signed text is the headers exactly as sent.
-    if !signature_matches(&creds.keys, id, timestamp, req.body, signatures) {
+    if !signing::standard_matches(&creds.keys, id, timestamp, signatures, req.body) {
         return Err(VerifyError::BadSignature);
     }
     check_window(ts, now, creds.tolerance)
@@ -228,7 +199,7 @@ mod tests {
 
     use super::super::common::testing::{config, context, fixture, headers, mutations, post};
     use super::*;
-    use crate::config::Secret;
+    use crate::domain::Secret;
 
     const URL: &str = "https://hooks.example.com/callbacks/resend";
     /// The svix libraries' test secret (also used by resend-node).
@@ -242,11 +213,8 @@ mod tests {
     }
 
     fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
-        let key = decode_secret(secret).expect("secret");
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key).expect("key");
-        mac.update(format!("{id}.{timestamp}.").as_bytes());
-        mac.update(body);
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+        let Ok(VerifyKey::Hmac(secret)) = decode_secret(secret) else { panic!("a whsec_ secret") };
+        signing::standard_signature(&secret, id, timestamp.parse().expect("a timestamp"), body)
     }
 
     fn signed_headers(id: &str, timestamp: &str, signature: &str) -> HeaderMap {
@@ -267,16 +235,16 @@ mod tests {
         let (id, ts) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330");
         let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         let bad = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=";
-        assert!(signature_matches(&keys, id, ts, &payload, good));
-        assert!(!signature_matches(&keys, id, ts, &payload, bad));
-        assert!(!signature_matches(&keys, id, "1614265331", &payload, good));
-        assert!(!signature_matches(&keys, "msg_other", ts, &payload, good));
+        assert!(signing::standard_matches(&keys, id, ts, good, &payload));
+        assert!(!signing::standard_matches(&keys, id, ts, bad, &payload));
+        assert!(!signing::standard_matches(&keys, id, "1614265331", good, &payload));
+        assert!(!signing::standard_matches(&keys, "msg_other", ts, good, &payload));
         // Several entries: any v1 may match; other versions are ignored.
-        assert!(signature_matches(&keys, id, ts, &payload, &format!("{bad} v2,{} {good}", &good[3..])));
-        assert!(!signature_matches(&keys, id, ts, &payload, &format!("{bad} v2,{}", &good[3..])));
-        assert!(!signature_matches(&keys, id, ts, &payload, &format!("v1a,{}", &good[3..])));
-        assert!(!signature_matches(&keys, id, ts, &payload, &good[3..]));
-        assert!(!signature_matches(&keys, id, ts, &payload, ""));
+        assert!(signing::standard_matches(&keys, id, ts, &format!("{bad} v2,{} {good}", &good[3..]), &payload));
+        assert!(!signing::standard_matches(&keys, id, ts, &format!("{bad} v2,{}", &good[3..]), &payload));
+        assert!(!signing::standard_matches(&keys, id, ts, &format!("v1a,{}", &good[3..]), &payload));
+        assert!(!signing::standard_matches(&keys, id, ts, &good[3..], &payload));
+        assert!(!signing::standard_matches(&keys, id, ts, "", &payload));
 
         let h = fixture_headers("vector-svix-python.headers");
         let now = 1_614_265_330_000;

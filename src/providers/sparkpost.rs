@@ -178,8 +178,8 @@ mod tests {
     use super::super::Action;
     use super::super::common::testing::{config, context, fixture, headers, mutations, post};
     use super::*;
-    use crate::config::Secret;
     use crate::domain::MessageId;
+    use crate::domain::Secret;
 
     const URL: &str = "https://hooks.example.com/callbacks/sparkpost";
     const RECEIVED: i64 = 1_234_567_890_123;

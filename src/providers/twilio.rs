@@ -46,7 +46,8 @@ use sha2::{Digest, Sha256};
 
 use super::common::{self, HttpAuth, ct_eq, key_from_parts};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::{Secret, SourceConfig};
+use crate::config::SourceConfig;
+use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Twilio source uses.

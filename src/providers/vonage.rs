@@ -41,7 +41,8 @@ use sha2::{Digest, Sha256};
 
 use super::common::{self, check_window, ct_eq, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::{Secret, SourceConfig};
+use crate::config::SourceConfig;
+use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Vonage source uses.

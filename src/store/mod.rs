@@ -1,7 +1,7 @@
 //! Persistence. One [`Store`] interface, two implementations: PostgreSQL
 //! (`postgres`) and an embedded SQLite file (`sqlite`), kept in step by one
 //! shared test suite and by sharing everything that is not SQL dialect: the
-//! batch planner (`ingest::plan`), the list-query builder and row decoding
+//! batch planner ([`crate::plan`]), the list-query builder and row decoding
 //! below. Migrations live beside each implementation.
 
 use std::sync::Arc;
@@ -10,16 +10,15 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
-use crate::delivery::signing::{Scheme, SigningKey};
-use crate::delivery::subscription::{PreviousSecret, Subscription};
-use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::event::Reason;
+use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, Job, Lease, Recorded};
+use crate::domain::signing::{Scheme, SigningKey};
+use crate::domain::subscription::{PreviousSecret, Subscription};
 use crate::domain::{
     ApiKeyId, ApiKeyRecord, Channel, DeliveryId, MessageId, MessageRecord, MessageState, Milestones, ProviderName,
     Scopes, Status, SubscriptionId,
 };
-use crate::ingest::plan::DeliveryRow;
-use crate::ingest::{Command, Outcome};
+use crate::plan::{Command, Outcome};
 
 pub mod postgres;
 pub mod sqlite;

@@ -30,13 +30,11 @@ use super::{
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
-use crate::delivery::subscription::Subscription;
-use crate::delivery::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
 use crate::domain::DeliveryId;
+use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, Job, Lease, Recorded};
+use crate::domain::subscription::{Subscription, SubscriptionFilter};
 use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, Status, SubscriptionId};
-use crate::ingest::Command;
-use crate::ingest::plan::DeliveryRow;
-use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
+use crate::plan::{self, Command, Loaded, Lookups, Plan};
 
 /// Migrations, applied in order; the number is the schema version.
 pub const MIGRATIONS: &[(i32, &str)] = &[
@@ -256,7 +254,7 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let loaded = load(&tx, &Lookups::for_batch(&commands)).await?;
-        let plan = plan::plan(&commands, loaded, now, rfc3339(now));
+        let plan = plan::plan(&commands, loaded, now, rfc3339(now), &mut plan::Fresh);
         write(&tx, &plan, lease.as_ref()).await?;
         tx.commit().await.map_err(classify)?;
         let handoff = handoff(&plan.deliveries, lease.as_ref());

@@ -30,13 +30,11 @@ use super::{
 };
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
-use crate::delivery::subscription::Subscription;
-use crate::delivery::{AttemptRecord, Health, Job, Lease, Recorded};
 use crate::domain::DeliveryId;
+use crate::domain::outbox::{AttemptRecord, DeliveryRow, Health, Job, Lease, Recorded};
+use crate::domain::subscription::{Subscription, SubscriptionFilter};
 use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, SubscriptionId};
-use crate::ingest::Command;
-use crate::ingest::plan::DeliveryRow;
-use crate::ingest::plan::{self, Loaded, Lookups, Plan, SubscriptionFilter};
+use crate::plan::{self, Command, Loaded, Lookups, Plan};
 use crate::store::postgres::{history_entry, parse_statuses};
 
 /// Migrations, applied in order; the number is the schema version.
@@ -266,7 +264,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
             let loaded = load(&tx, &Lookups::for_batch(&commands))?;
-            let plan = plan::plan(&commands, loaded, now, rfc3339(now));
+            let plan = plan::plan(&commands, loaded, now, rfc3339(now), &mut plan::Fresh);
             write(&tx, &plan)?;
             insert_deliveries(&tx, &plan.deliveries, lease.as_ref())?;
             tx.commit().map_err(sqlite_error)?;

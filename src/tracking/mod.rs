@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::config::TrackingConfig;
 use crate::domain::event::hashed_dedupe_key;
 use crate::domain::{MessageId, NormalizedEvent, Status, Target};
-use crate::ingest::Command;
+use crate::plan::Command;
 use machine::AgentClass;
 use target::TargetError;
 use token::{Claims, Keyring, TokenError, TokenKind};
@@ -210,7 +210,8 @@ fn issue_time(now_ms: i64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, TrackingKey};
+    use crate::config::TrackingKey;
+    use crate::domain::Secret;
 
     const NOW: i64 = 1_700_000_000_000;
     const CHROME: &str =

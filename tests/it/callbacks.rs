@@ -2,7 +2,8 @@
 //! the exercised provider; per-provider suites live in `callbacks_*.rs`.
 
 use hmac::{KeyInit, Mac};
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 use sha2::Sha256;
 

@@ -1,7 +1,9 @@
 //! Brevo webhooks end to end (both backends): the webhook's bearer token,
 //! batched events, machine (proxy) opens.
 
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 
 use crate::backend_tests;

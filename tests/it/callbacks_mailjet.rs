@@ -1,7 +1,9 @@
 //! Mailjet event callbacks end to end (both backends): basic auth from the
 //! callback URL, grouped events.
 
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 
 use crate::backend_tests;

@@ -1,7 +1,8 @@
 //! postmark callbacks end to end (both backends).
 
 use base64::Engine;
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 
 use crate::backend_tests;

@@ -2,7 +2,8 @@
 //! webhook's Basic auth, pings.
 
 use base64::Engine;
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 
 use crate::backend_tests;

@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
 use serde_json::json;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};

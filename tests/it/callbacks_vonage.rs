@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use hookrelay::config::{Secret, SourceConfig};
+use hookrelay::config::SourceConfig;
+use hookrelay::domain::Secret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -228,7 +228,7 @@ async fn a_python_subscriber_verifies_every_request(backend: Backend) {
         assert!(out.stdout.contains("type message:updated, message consumer-1, status OPENED, seq 4"), "{out:?}");
         assert!(!out.mentions(secret), "the secret is never printed");
     }
-    let other = hookrelay::delivery::signing::WebhookSecret::generate().expect("entropy");
+    let other = hookrelay::domain::signing::WebhookSecret::generate().expect("entropy");
     let out = hookrelay_verify(Some(other.expose()), &["--headers-file", &head, "--body-file", &body], None);
     assert_eq!((out.code, out.stdout.lines().next()), (1, Some("invalid (Standard Webhooks): no signature matches")));
 }
@@ -438,7 +438,7 @@ fn hookrelay_verify_checks_a_captured_request() {
 /// signing key's seed is the base64 of "TESTSIGNINGKEYDONOTUSETHISFORANY".
 #[test]
 fn hookrelay_verify_checks_v1a_with_a_public_key() {
-    use hookrelay::delivery::signing::SigningKey;
+    use hookrelay::domain::signing::SigningKey;
     let public =
         SigningKey::parse("whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=").expect("signing key").verification_key();
     let dir = tempfile::tempdir().expect("temp dir");

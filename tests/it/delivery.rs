@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use hookrelay::config::{Config, DeliveryConfig};
 use hookrelay::delivery::client::{Client, EXCERPT_BYTES};
 use hookrelay::delivery::dispatcher::Dispatcher;
-use hookrelay::delivery::signing::{VerifyKey, WebhookSecret, verify_courier, verify_standard};
 use hookrelay::delivery::ssrf::AddressPolicy;
-use hookrelay::delivery::{AttemptRecord, DeliveryState, Health, Lease, Recorded};
+use hookrelay::domain::outbox::{AttemptRecord, DeliveryKind, DeliveryRow, DeliveryState, Health, Lease, Recorded};
+use hookrelay::domain::signing::{VerifyKey, WebhookSecret, verify_courier, verify_standard};
 use hookrelay::domain::{DeliveryId, MessageId, SubscriptionId};
-use hookrelay::ingest::plan::{DeliveryKind, DeliveryRow};
 use serde_json::{Value, json};
 
 use crate::backend_tests;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
 
-use hookrelay::config::Secret;
+use hookrelay::domain::Secret;
 use hookrelay::{Application, Config};
 use serde_json::Value;
 use tokio::task::JoinHandle;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use hookrelay::config::{DatabaseConfig, IngestConfig, Secret};
+use hookrelay::config::{DatabaseConfig, IngestConfig};
+use hookrelay::domain::Secret;
 use hookrelay::http::auth::ApiKeys;
 use hookrelay::http::{AppState, router};
 use hookrelay::ingest::Ingest;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use hookrelay::config::{DatabaseConfig, IngestConfig};
 use hookrelay::domain::{MessageId, NormalizedEvent, ProviderName, ProviderRef, Status, Target};
-use hookrelay::ingest::{Command, Ingest, Outcome, Registration};
+use hookrelay::ingest::Ingest;
+use hookrelay::plan::{Command, Outcome, Registration};
 use hookrelay::store::Store;
 use tokio_util::sync::CancellationToken;
 

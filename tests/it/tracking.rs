@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use hookrelay::config::{Config, IngestConfig, Secret, TrackingKey};
+use hookrelay::config::{Config, IngestConfig, TrackingKey};
+use hookrelay::domain::Secret;
 use hookrelay::http::auth::ApiKeys;
 use hookrelay::http::{AppState, router};
 use hookrelay::ingest::Ingest;

@@ -16,7 +16,7 @@
 
 use std::sync::OnceLock;
 
-use crate::delivery::DeliveryState;
+use crate::domain::outbox::DeliveryState;
 use crate::store::{ATTEMPT_COLUMNS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, MessageQuery, message_select_list};
 
 /// Session settings for the store's connections (see the module's notes).

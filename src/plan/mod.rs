@@ -1,19 +1,24 @@
-//! The batch planner. Pure: given the commands of one batch and the rows the
-//! store loaded for them, it decides every write of the transaction (message
-//! rows, history rows, merges, outbox deliveries) and every answer. Both store
-//! backends run exactly this code between their load and write steps, which
-//! is what keeps them in step.
+//! The batch planner. Pure: given the commands of one batch, the rows the
+//! store loaded for them, the time and a source of new ids, it decides every
+//! write of the transaction (message rows, history rows, merges, outbox
+//! deliveries) and every answer. Both store backends run exactly this code
+//! between their load and write steps, which is what keeps them in step.
+//!
+//! The commands the edges submit ([`command`]) live here too: they are the
+//! planner's input, and the ingest queue only carries them.
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::command::{Command, Outcome, Registration, ReplayGuard};
+pub mod command;
+
+pub use command::{Command, Outcome, Registration, ReplayGuard};
+
 use crate::domain::event::dedupe_key;
-use crate::domain::{
-    DeliveryId, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, SubscriptionId, Target,
-};
+use crate::domain::outbox::{DeliveryKind, DeliveryRow, payload};
+use crate::domain::subscription::SubscriptionFilter;
+use crate::domain::{DeliveryId, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, Target};
 
 /// Longest recipient a callback may give a message (the API's limit):
 /// a longer one stays in the event's history only.
@@ -84,22 +89,6 @@ fn registration_ref(r: &Registration) -> Option<ProviderRef> {
     ProviderRef::new(provider, r.provider_message_id.as_deref()?).ok()
 }
 
-/// What a subscription wants to hear about, as far as planning is concerned.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SubscriptionFilter {
-    pub id: SubscriptionId,
-    /// Statuses to notify; `None` means all.
-    pub statuses: Option<Vec<Status>>,
-    /// Also notify history events that change no status.
-    pub all_events: bool,
-}
-
-impl SubscriptionFilter {
-    fn wants_status(&self, status: Status) -> bool {
-        self.statuses.as_ref().is_none_or(|s| s.contains(&status))
-    }
-}
-
 /// Everything the store found for a batch's lookups.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -132,42 +121,6 @@ pub struct EventRow {
     pub detail: String,
 }
 
-/// An outbox row to insert.
-#[derive(Debug, PartialEq)]
-pub struct DeliveryRow {
-    pub id: DeliveryId,
-    pub subscription_id: SubscriptionId,
-    pub message_id: MessageId,
-    pub seq: i64,
-    pub kind: DeliveryKind,
-    /// The exact bytes that will be signed and sent.
-    pub payload: Vec<u8>,
-    pub created_at: i64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryKind {
-    /// A status change.
-    Status,
-    /// A history event that changed no status (`all_events` subscribers).
-    Event,
-    /// The current state re-sent on an operator's request.
-    Replay,
-    /// A signed ping.
-    Test,
-}
-
-impl DeliveryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryKind::Status => "status",
-            DeliveryKind::Event => "event",
-            DeliveryKind::Replay => "replay",
-            DeliveryKind::Test => "test",
-        }
-    }
-}
-
 /// Every write of one batch's transaction, in the order the store applies
 /// them, and the answers to send once it commits.
 #[derive(Debug, Default)]
@@ -183,24 +136,6 @@ pub struct Plan {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The outbound envelope, serialized once per transition.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    timestamp: &'a str,
-    data: crate::domain::MessageView<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a Value>,
-}
-
-/// Builds the JSON of one outbound `message:updated` payload.
-pub fn payload(record: &MessageRecord, timestamp: &str, event: Option<&Value>) -> Vec<u8> {
-    let envelope = Envelope { kind: "message:updated", timestamp, data: record.view(), event };
-    // Serializing plain data into a Vec cannot fail.
-    serde_json::to_vec(&envelope).unwrap_or_default()
-}
-
 struct Work {
     record: MessageRecord,
     is_new: bool,
@@ -208,7 +143,29 @@ struct Work {
     tags_changed: bool,
 }
 
+/// Where the planner gets new ids: [`Fresh`] ones in the stores, counted
+/// ones in tests, so that a plan is a function of its inputs.
+pub trait Ids {
+    fn message_id(&mut self) -> MessageId;
+    fn delivery_id(&mut self) -> DeliveryId;
+}
+
+/// New time-ordered ids (UUIDv7), as the stores plan with.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fresh;
+
+impl Ids for Fresh {
+    fn message_id(&mut self) -> MessageId {
+        MessageId::generate()
+    }
+
+    fn delivery_id(&mut self) -> DeliveryId {
+        DeliveryId::generate()
+    }
+}
+
 struct Planner<'a> {
+    ids: &'a mut dyn Ids,
     now: i64,
     timestamp: String,
     subscriptions: &'a [SubscriptionFilter],
@@ -224,10 +181,12 @@ struct Planner<'a> {
     plan: Plan,
 }
 
-/// Plans one batch. `now` is epoch ms; `timestamp` its RFC 3339 form.
-pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String) -> Plan {
+/// Plans one batch. `now` is epoch ms; `timestamp` its RFC 3339 form; new
+/// messages and deliveries take their ids from `ids`.
+pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String, ids: &mut dyn Ids) -> Plan {
     let Loaded { messages, existing_dedupe_keys, subscriptions, tokens } = loaded;
     let mut p = Planner {
+        ids,
         now,
         timestamp,
         subscriptions: &subscriptions,
@@ -339,7 +298,7 @@ impl Planner<'_> {
             (Some(id), _) => self.alias(id),
             (None, Some(owner)) if self.is_anonymous(owner) => owner.clone(),
             (None, Some(owner)) => return Outcome::ProviderIdTaken { owner: owner.clone() },
-            (None, None) => MessageId::generate(),
+            (None, None) => self.ids.message_id(),
         };
         if self.is_registered(&id) {
             // A repeat of an earlier registration: answer it, change nothing.
@@ -397,7 +356,7 @@ impl Planner<'_> {
             (Some(_), _) | (None, None) if !create => return Outcome::NotFound,
             (Some(id), _) => id,
             (None, Some(owner)) => owner.clone(),
-            (None, None) => MessageId::generate(),
+            (None, None) => self.ids.message_id(),
         };
         let taken = owner.as_ref().filter(|o| **o != id && !self.is_anonymous(o)).cloned();
         if let Some(owner) = &taken
@@ -550,7 +509,7 @@ impl Planner<'_> {
             }
             let bytes = payload_bytes.get_or_insert_with(|| payload(&work.record, &self.timestamp, event));
             self.plan.deliveries.push(DeliveryRow {
-                id: DeliveryId::generate(),
+                id: self.ids.delivery_id(),
                 subscription_id: sub.id.clone(),
                 message_id: id.clone(),
                 seq: work.record.state.seq,

@@ -79,6 +79,12 @@ impl WebhookSecret {
         Ok(WebhookSecret { text: format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes)), key: bytes.to_vec() })
     }
 
+    /// A secret of any length (at least one byte), as providers issue them
+    /// for their own webhooks: hookrelay only verifies with those.
+    pub fn from_key(text: &str, key: Vec<u8>) -> Option<Self> {
+        (!key.is_empty()).then(|| WebhookSecret { text: text.trim().to_owned(), key })
+    }
+
     /// Parses `whsec_<base64>` (the prefix may be omitted).
     pub fn parse(s: &str) -> Result<Self, SecretError> {
         let s = s.trim();
@@ -433,29 +439,43 @@ pub fn verify_standard(
 ) -> Result<(), SignatureError> {
     let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Malformed("webhook-timestamp"))?;
     check_time(ts, now_ms.div_euclid(1000), tolerance_seconds)?;
+    if standard_matches(std::slice::from_ref(key), id, timestamp, signature_header, body) {
+        Ok(())
+    } else {
+        Err(SignatureError::NoMatch)
+    }
+}
+
+/// Whether any entry of a Standard Webhooks signature header matches
+/// `id.timestamp.body` under any of `keys` (`v1` entries for secrets, `v1a`
+/// for public keys; others are passed over). Every pair is compared, so
+/// timing says nothing about which matched. The timestamp is not checked.
+pub fn standard_matches(keys: &[VerifyKey], id: &str, timestamp: &str, signature_header: &str, body: &[u8]) -> bool {
     let signed = [id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body];
-    let entries = signature_header.split_whitespace().filter_map(|e| e.strip_prefix(key.entry_prefix()));
-    let matched = match key {
-        VerifyKey::Hmac(secret) => {
-            let expected = mac(secret.key(), &signed);
-            let mut matched = subtle::Choice::from(0);
-            for encoded in entries {
-                if let Ok(sig) = STANDARD.decode(encoded) {
-                    matched |= sig.as_slice().ct_eq(&expected);
+    let mut matched = subtle::Choice::from(0);
+    for key in keys {
+        let entries = signature_header.split_whitespace().filter_map(|e| e.strip_prefix(key.entry_prefix()));
+        match key {
+            VerifyKey::Hmac(secret) => {
+                let expected = mac(secret.key(), &signed);
+                for encoded in entries {
+                    if let Ok(sig) = STANDARD.decode(encoded) {
+                        matched |= sig.as_slice().ct_eq(&expected);
+                    }
                 }
             }
-            bool::from(matched)
+            VerifyKey::Ed25519Public(public) => {
+                // A signature verifies or not; there is no secret to time.
+                let message = signed.concat();
+                let public = UnparsedPublicKey::new(&ED25519, public);
+                for encoded in entries {
+                    let ok = STANDARD.decode(encoded).is_ok_and(|sig| public.verify(&message, &sig).is_ok());
+                    matched |= subtle::Choice::from(u8::from(ok));
+                }
+            }
         }
-        VerifyKey::Ed25519Public(public) => {
-            // A signature verifies or not; there is no secret to time.
-            let message = signed.concat();
-            let public = UnparsedPublicKey::new(&ED25519, public);
-            entries.fold(false, |ok, encoded| {
-                ok | STANDARD.decode(encoded).is_ok_and(|sig| public.verify(&message, &sig).is_ok())
-            })
-        }
-    };
-    if matched { Ok(()) } else { Err(SignatureError::NoMatch) }
+    }
+    bool::from(matched)
 }
 
 /// Verifies a `courier-signature` header.

@@ -1,5 +1,6 @@
 use super::*;
-use crate::domain::{EventKind, ProviderName, Reason};
+use crate::domain::subscription::SubscriptionFilter;
+use crate::domain::{EventKind, ProviderName, Reason, SubscriptionId};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -42,8 +43,25 @@ fn sub(id: &str, statuses: Option<Vec<Status>>, all_events: bool) -> Subscriptio
     SubscriptionFilter { id: SubscriptionId::parse(id).expect("sub id"), statuses, all_events }
 }
 
+/// Ids counted from 1, so that a plan is exact: `msg_` and `dlv_` followed
+/// by 32 hex digits, as generated ones are.
+#[derive(Default)]
+struct Counted(u128);
+
+impl Ids for Counted {
+    fn message_id(&mut self) -> MessageId {
+        self.0 += 1;
+        MessageId::parse(&format!("msg_{:032x}", self.0)).expect("id")
+    }
+
+    fn delivery_id(&mut self) -> DeliveryId {
+        self.0 += 1;
+        DeliveryId::parse(&format!("dlv_{:032x}", self.0)).expect("id")
+    }
+}
+
 fn run(commands: &[Command], loaded: Loaded) -> Plan {
-    plan(commands, loaded, NOW, "2023-11-14T22:13:20Z".into())
+    plan(commands, loaded, NOW, "2023-11-14T22:13:20Z".into(), &mut Counted::default())
 }
 
 fn stored(plan: &Plan, id: &str) -> MessageRecord {
