@@ -183,6 +183,29 @@ impl NormalizedEvent {
     }
 }
 
+/// One entry of a message's history: when, its `type` (a status or an
+/// event that changes none) and its other fields. The one shape the API,
+/// the outbound `event` object and the stores use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub ts: i64,
+    pub kind: String,
+    pub detail: Map<String, Value>,
+}
+
+impl HistoryEntry {
+    /// The public JSON: `{"ts":..., "type":..., ...detail}`.
+    pub fn to_json(&self) -> Value {
+        let mut entry = Map::with_capacity(self.detail.len() + 2);
+        entry.insert("ts".into(), Value::from(self.ts));
+        entry.insert("type".into(), Value::from(self.kind.as_str()));
+        for (k, v) in &self.detail {
+            entry.insert(k.clone(), v.clone());
+        }
+        Value::Object(entry)
+    }
+}
+
 /// Longest dedupe key stored verbatim; longer keys are hashed.
 pub const MAX_DEDUPE_KEY: usize = 200;
 

@@ -9,13 +9,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub mod command;
 
 pub use command::{Command, Outcome, Registration, ReplayGuard};
 
-use crate::domain::event::dedupe_key;
+use crate::domain::event::{HistoryEntry, dedupe_key};
 use crate::domain::outbox::{DeliveryKind, DeliveryRow, payload};
 use crate::domain::subscription::SubscriptionFilter;
 use crate::domain::{DeliveryId, MessageId, MessageRecord, NormalizedEvent, ProviderRef, Status, Target};
@@ -327,7 +327,7 @@ impl Planner<'_> {
                 work.record.state.seq = 1;
             }
             self.seen_keys.insert(event.dedupe_key.clone());
-            let row = self.history_row(id.clone(), &event);
+            let (row, _) = self.history_row(id.clone(), &event);
             self.plan.events.push(row);
             self.notify(&id, Some(Status::Enqueued), None);
         } else {
@@ -472,26 +472,29 @@ impl Planner<'_> {
             }
             None => false,
         };
-        let row = self.history_row(id.clone(), event);
+        let (row, entry) = self.history_row(id.clone(), event);
         if changed {
             self.notify(id, event.effective_status(), None);
         } else if self.subscriptions.iter().any(|s| s.all_events) {
-            let entry = history_entry(&row);
-            self.notify(id, None, Some(&entry));
+            self.notify(id, None, Some(&entry.to_json()));
         }
         self.plan.events.push(row);
         changed
     }
 
-    fn history_row(&self, message_id: MessageId, event: &NormalizedEvent) -> EventRow {
-        EventRow {
+    /// The history row an event adds, and the entry it shows as.
+    fn history_row(&self, message_id: MessageId, event: &NormalizedEvent) -> (EventRow, HistoryEntry) {
+        let entry =
+            HistoryEntry { ts: event.ts, kind: event.kind.history_type().into(), detail: event.history_detail() };
+        let row = EventRow {
             message_id,
             dedupe_key: event.dedupe_key.clone(),
             ts: event.ts,
             received_at: self.now,
             kind: event.kind.history_type(),
-            detail: serde_json::to_string(&event.history_detail()).unwrap_or_else(|_| "{}".into()),
-        }
+            detail: serde_json::to_string(&entry.detail).unwrap_or_else(|_| "{}".into()),
+        };
+        (row, entry)
     }
 
     /// Plans one delivery per interested subscription: for a status change
@@ -627,17 +630,6 @@ fn fill_registration(record: &mut MessageRecord, r: &Registration) {
         record.idempotency_key.clone_from(&r.idempotency_key);
     }
     record.state.milestones.enqueued = record.state.milestones.enqueued.min(r.ts);
-}
-
-/// The public JSON of a history row (as `GET /messages/{id}/history` shows it).
-pub fn history_entry(row: &EventRow) -> Value {
-    let mut entry = Map::new();
-    entry.insert("ts".into(), Value::from(row.ts));
-    entry.insert("type".into(), Value::from(row.kind));
-    if let Ok(Value::Object(detail)) = serde_json::from_str::<Value>(&row.detail) {
-        entry.extend(detail);
-    }
-    Value::Object(entry)
 }
 
 /// Every `type` a history entry can have: the statuses, then the events

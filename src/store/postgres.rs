@@ -22,18 +22,21 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::codec::{
+    API_KEY_COLUMNS, GONE_REASON, MessageColumns, RowLike, SUBSCRIPTION_COLUMNS, SubscriptionColumns, decode_api_key,
+    decode_attempt, decode_delivery, decode_message, decode_subscription, failing_reason, handoff,
+    health_by_subscription, history_entry, subscription_filter,
+};
+use super::query::{DeliveryQuery, MessageQuery, Param, count_query, list_query};
 use super::{
-    API_KEY_COLUMNS, Backend, BatchResult, Claim, DeliveryQuery, DeliveryStats, DeliverySummary, Disabled, GONE_REASON,
-    HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike, SUBSCRIPTION_COLUMNS, Store, StoreError,
-    SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery, decode_message, decode_subscription,
-    failing_reason, handoff, health_by_subscription, list_query,
+    Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, HistoryEntry, RetryResult, Store, StoreError,
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
 use crate::domain::DeliveryId;
 use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, Job, Lease, Recorded};
-use crate::domain::subscription::{Subscription, SubscriptionFilter};
-use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, Status, SubscriptionId};
+use crate::domain::subscription::Subscription;
+use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, SubscriptionId};
 use crate::plan::{self, Command, Loaded, Lookups, Plan};
 
 /// Migrations, applied in order; the number is the schema version.
@@ -280,7 +283,7 @@ impl Store for PgStore {
 
     async fn count_messages(&self, query: &MessageQuery, cap: usize) -> Result<usize, StoreError> {
         let client = self.client().await?;
-        let (sql, params) = super::count_query(query, cap, |n| format!("${n}"));
+        let (sql, params) = count_query(query, cap, |n| format!("${n}"));
         let params = to_sql_params(&params);
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         let row = client.query_one(&sql, &refs).await.map_err(classify)?;
@@ -755,21 +758,6 @@ async fn listen(
     }
 }
 
-pub(crate) fn history_entry(ts: i64, kind: Option<String>, detail: Option<String>) -> Result<HistoryEntry, StoreError> {
-    let detail = match detail.as_deref().map(serde_json::from_str::<serde_json::Value>) {
-        Some(Ok(serde_json::Value::Object(map))) => map,
-        Some(Err(e)) => return Err(StoreError::Other(e.into())),
-        _ => serde_json::Map::new(),
-    };
-    Ok(HistoryEntry { ts, kind: kind.unwrap_or_default(), detail })
-}
-
-/// Parses the `statuses` column of `subscriptions` (a JSON array or NULL).
-pub(crate) fn parse_statuses(text: Option<String>) -> Option<Vec<Status>> {
-    let list: Vec<String> = serde_json::from_str(text.as_deref()?).ok()?;
-    Some(list.iter().filter_map(|s| Status::parse(s)).collect())
-}
-
 /// Boxed statement executions, sent together (pipelined) by joining them.
 type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
@@ -821,11 +809,7 @@ async fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreEr
         existing_dedupe_keys: existing.iter().map(|r| r.get(0)).collect(),
         subscriptions: subscriptions
             .iter()
-            .map(|row| SubscriptionFilter {
-                id: SubscriptionId::from_trusted(row.get(0)),
-                statuses: parse_statuses(row.get(1)),
-                all_events: row.get(2),
-            })
+            .filter_map(|row| subscription_filter(row.get(0), row.get(1), row.get(2)))
             .collect(),
         tokens: known_tokens.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect(),
     })

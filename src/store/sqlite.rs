@@ -21,21 +21,23 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::codec::{
+    API_KEY_COLUMNS, ATTEMPT_COLUMNS, DELIVERY_COLUMNS, GONE_REASON, MESSAGE_COLUMNS, MessageColumns, RowLike,
+    SUBSCRIPTION_COLUMNS, SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery, decode_message,
+    decode_subscription, failing_reason, handoff, health_by_subscription, history_entry, message_select_list,
+    subscription_filter,
+};
+use super::query::{DeliveryQuery, MessageQuery, Param, count_query, list_deliveries_query, list_query};
 use super::{
-    API_KEY_COLUMNS, ATTEMPT_COLUMNS, Backend, BatchResult, Claim, DELIVERY_COLUMNS, DeliveryQuery, DeliveryStats,
-    DeliverySummary, Disabled, GONE_REASON, HistoryEntry, MessageColumns, MessageQuery, Param, RetryResult, RowLike,
-    SUBSCRIPTION_COLUMNS, Store, StoreError, SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery,
-    decode_message, decode_subscription, failing_reason, handoff, health_by_subscription, list_query,
-    message_select_list,
+    Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, HistoryEntry, RetryResult, Store, StoreError,
 };
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
 use crate::domain::DeliveryId;
 use crate::domain::outbox::{AttemptRecord, DeliveryRow, Health, Job, Lease, Recorded};
-use crate::domain::subscription::{Subscription, SubscriptionFilter};
+use crate::domain::subscription::Subscription;
 use crate::domain::{ApiKeyId, ApiKeyRecord, MessageId, MessageRecord, SubscriptionId};
 use crate::plan::{self, Command, Loaded, Lookups, Plan};
-use crate::store::postgres::{history_entry, parse_statuses};
 
 /// Migrations, applied in order; the number is the schema version.
 pub const MIGRATIONS: &[(i32, &str)] = &[
@@ -303,7 +305,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_messages(&self, query: &MessageQuery, cap: usize) -> Result<usize, StoreError> {
-        let (sql, params) = super::count_query(query, cap, |n| format!("?{n}"));
+        let (sql, params) = count_query(query, cap, |n| format!("?{n}"));
         self.read(move |conn| {
             let n: i64 =
                 conn.query_row(&sql, rusqlite::params_from_iter(params.iter()), |r| r.get(0)).map_err(sqlite_error)?;
@@ -705,7 +707,7 @@ impl Store for SqliteStore {
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliverySummary>, StoreError> {
         let q = q.clone();
         self.read(move |conn| {
-            let sql = super::list_deliveries_query(q.state, |n| format!("?{n}"));
+            let sql = list_deliveries_query(q.state, |n| format!("?{n}"));
             let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
             let (after_at, after_id) = match &q.after {
                 Some((at, id)) => (Some(*at), Some(id.as_str().to_owned())),
@@ -925,11 +927,9 @@ fn load(tx: &Transaction<'_>, lookups: &Lookups) -> Result<Loaded, StoreError> {
         .map_err(sqlite_error)?;
     let mut rows = stmt.query([]).map_err(sqlite_error)?;
     while let Some(row) = rows.next().map_err(sqlite_error)? {
-        loaded.subscriptions.push(SubscriptionFilter {
-            id: SubscriptionId::from_trusted(row.get(0).map_err(sqlite_error)?),
-            statuses: parse_statuses(row.get(1).map_err(sqlite_error)?),
-            all_events: row.get(2).map_err(sqlite_error)?,
-        });
+        let (id, statuses, all_events) =
+            (row.get(0).map_err(sqlite_error)?, row.get(1).map_err(sqlite_error)?, row.get(2).map_err(sqlite_error)?);
+        loaded.subscriptions.extend(subscription_filter(id, statuses, all_events));
     }
     Ok(loaded)
 }
@@ -945,9 +945,9 @@ fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
             .and_then(|mut s| s.execute([from.as_str()]))
             .map_err(sqlite_error)?;
     }
-    let cols = super::MESSAGE_COLUMNS.join(", ");
-    let placeholders = (1..=super::MESSAGE_COLUMNS.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    let sets = super::MESSAGE_COLUMNS[1..]
+    let cols = MESSAGE_COLUMNS.join(", ");
+    let placeholders = (1..=MESSAGE_COLUMNS.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let sets = MESSAGE_COLUMNS[1..]
         .iter()
         .enumerate()
         .map(|(i, c)| format!("{c} = ?{}", i + 2))

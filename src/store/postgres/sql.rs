@@ -17,7 +17,8 @@
 use std::sync::OnceLock;
 
 use crate::domain::outbox::DeliveryState;
-use crate::store::{ATTEMPT_COLUMNS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, MessageQuery, message_select_list};
+use crate::store::codec::{ATTEMPT_COLUMNS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, message_select_list};
+use crate::store::query::{MessageQuery, list_deliveries_query, list_query};
 
 /// Session settings for the store's connections (see the module's notes).
 /// JIT compilation is off too: it pays off for long analytical queries, and
@@ -192,7 +193,7 @@ pub fn list_deliveries(state: Option<DeliveryState>) -> &'static str {
         let placeholder = |n: usize| format!("${n}");
         std::iter::once(None)
             .chain(DeliveryState::ALL.into_iter().map(Some))
-            .map(|state| crate::store::list_deliveries_query(state, placeholder))
+            .map(|state| list_deliveries_query(state, placeholder))
             .collect()
     });
     let at = state.map_or(0, |s| 1 + DeliveryState::ALL.iter().position(|x| *x == s).unwrap_or(0));
@@ -241,7 +242,7 @@ pub fn all() -> Vec<String> {
 #[doc(hidden)]
 pub fn list_queries() -> Vec<String> {
     let placeholder = |n: usize| format!("${n}");
-    MessageQuery::examples().iter().map(|query| crate::store::list_query(query, placeholder).0).collect()
+    MessageQuery::examples().iter().map(|query| list_query(query, placeholder).0).collect()
 }
 
 /// Every statement above: each finds its rows by keys an index holds
