@@ -45,7 +45,7 @@ impl Application {
         let store = store::open(&config.database)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
-        let sources = config.sources()?;
+        let sources = crate::providers::sources(&config.sources)?;
         let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
         let (dispatcher, handoff, delivery) =
             Dispatcher::new(store.clone(), &config.delivery).map_err(|e| anyhow::anyhow!("delivery: {e}"))?;

@@ -412,6 +412,28 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A problem with one field of a part of the configuration (a source, say),
+/// kept apart from the message so that the whole key can be named
+/// (`sources[1].secrets`). Several fields that go together are named
+/// `a/b` (`username/password`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        FieldError { field, message: message.into() }
+    }
+
+    /// This error under the key of the part it belongs to (`sources[1]`).
+    pub fn at(self, part: &str) -> ConfigError {
+        ConfigError::Invalid { key: format!("{part}.{}", self.field), message: self.message }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -513,7 +535,6 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
-        self.sources()?;
         let d = &self.delivery;
         if d.concurrency == 0 {
             return Err(ConfigError::invalid("delivery.concurrency", "must be at least 1"));
@@ -584,37 +605,6 @@ impl Config {
             return Err(ConfigError::invalid("tracking.dedupe_window_seconds", "must be from 1 to 86400"));
         }
         Ok(())
-    }
-
-    /// Builds every configured source (checking credentials); errors name
-    /// the source and field, e.g. `sources[1].public_keys`.
-    pub fn sources(&self) -> Result<Vec<crate::providers::Source>, ConfigError> {
-        let mut names = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(self.sources.len());
-        for (i, source) in self.sources.iter().enumerate() {
-            let valid_name = !source.name.is_empty()
-                && source.name.len() <= 64
-                && source.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !valid_name {
-                return Err(ConfigError::invalid(
-                    &format!("sources[{i}].name"),
-                    "1 to 64 characters of a-z, 0-9, - and _",
-                ));
-            }
-            if !names.insert(source.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    &format!("sources[{i}].name"),
-                    format!("`{}` is used by another source", source.name),
-                ));
-            }
-            let built = crate::providers::Source::from_config(source).map_err(|message| {
-                let (field, message) = message.split_once(": ").unwrap_or(("", message.as_str()));
-                let key = if field.is_empty() { format!("sources[{i}]") } else { format!("sources[{i}].{field}") };
-                ConfigError::Invalid { key, message: message.to_owned() }
-            })?;
-            out.push(built);
-        }
-        Ok(out)
     }
 
     /// The configuration in force as TOML, every secret masked (API keys,

@@ -36,8 +36,7 @@ use crate::domain::outbox::{AttemptRecord, DeliveryState, Health, Job, Lease, Re
 use crate::domain::signing;
 use crate::domain::subscription::Subscription;
 use crate::domain::{DeliveryId, SubscriptionId};
-use crate::ingest::Handoff;
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Handoff, Store};
 
 /// Margin kept between a lease's end and the end of an attempt started under it.
 const LEASE_MARGIN_MS: i64 = 5_000;
@@ -294,6 +293,40 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// The batch writer's way in: committed deliveries leased to this process
+/// arrive on a channel while the worker accepts them.
+#[derive(Debug)]
+struct WriterHandoff {
+    tx: mpsc::Sender<Vec<Job>>,
+    accepting: Arc<AtomicBool>,
+    /// Wakes the worker to claim what was inserted unleased.
+    wake: Arc<Notify>,
+    worker: String,
+    lease: Duration,
+}
+
+impl Handoff for WriterHandoff {
+    fn lease(&self, now: i64) -> Option<Lease> {
+        self.accepting.load(Ordering::Relaxed).then(|| Lease {
+            worker: self.worker.clone(),
+            until: now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2),
+        })
+    }
+
+    fn take(&self, jobs: Vec<Job>) {
+        if !jobs.is_empty() && self.tx.try_send(jobs).is_err() {
+            // They stay leased; when the lease expires any process claims them.
+            tracing::warn!(
+                "the delivery worker did not take committed deliveries; they wait for their lease to expire"
+            );
+        }
+    }
+
+    fn committed_unleased(&self) {
+        self.wake.notify_one();
+    }
+}
+
 /// Deliveries queued in memory beyond which committed work is left for
 /// claims rather than handed off (each holds its payload, about 1 KB).
 const HANDOFF_QUEUE_LIMIT: usize = 8_192;
@@ -303,7 +336,7 @@ impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         config: &DeliveryConfig,
-    ) -> Result<(Dispatcher, Handoff, DeliveryHandle), String> {
+    ) -> Result<(Dispatcher, Arc<dyn Handoff>, DeliveryHandle), String> {
         let settings = Settings::from_config(config);
         let policy = AddressPolicy::new(&config.allow_cidrs)?;
         let client = Client::new(
@@ -320,13 +353,13 @@ impl Dispatcher {
         let accepting = Arc::new(AtomicBool::new(true));
         let wake = Arc::new(Notify::new());
         let changed = Arc::new(Notify::new());
-        let handoff = Handoff {
+        let handoff = Arc::new(WriterHandoff {
             tx,
             accepting: accepting.clone(),
             wake: wake.clone(),
             worker: worker.clone(),
             lease: settings.lease,
-        };
+        });
         let handle = DeliveryHandle {
             wake: wake.clone(),
             changed: changed.clone(),

@@ -24,13 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::clock::now_ms;
 use crate::config::IngestConfig;
-use crate::domain::outbox::{Job, Lease};
 use crate::plan::{Command, Outcome};
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Backend, Handoff, Store, StoreError};
 
 /// Why a submission was not applied. Nothing was acknowledged; the caller
 /// answers 503 (or 500 for `Internal`) and the sender retries.
@@ -147,23 +144,9 @@ pub struct BatchWriter {
     max_events: usize,
     max_wait: Duration,
     commit_timeout: Duration,
-    handoff: Option<Handoff>,
+    handoff: Option<Arc<dyn Handoff>>,
     /// Batches committing at once.
     writers: usize,
-}
-
-/// Where the writer hands the deliveries it commits, so that their first
-/// attempt needs no separate claim: they are inserted already leased to this
-/// process. While the receiver is saturated they are inserted unleased and
-/// claimed in the ordinary way (by any process).
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    pub tx: mpsc::Sender<Vec<Job>>,
-    pub accepting: Arc<AtomicBool>,
-    /// Wakes the worker to claim what was inserted unleased.
-    pub wake: Arc<tokio::sync::Notify>,
-    pub worker: String,
-    pub lease: Duration,
 }
 
 /// How often a batch that lost a race with another writer is retried.
@@ -181,12 +164,12 @@ struct Batch {
 struct Committer {
     store: Arc<dyn Store>,
     commit_timeout: Duration,
-    handoff: Option<Handoff>,
+    handoff: Option<Arc<dyn Handoff>>,
 }
 
 impl BatchWriter {
     /// Hands committed deliveries to `handoff` for immediate attempts.
-    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+    pub fn with_handoff(mut self, handoff: Arc<dyn Handoff>) -> Self {
         self.handoff = Some(handoff);
         self
     }
@@ -327,10 +310,7 @@ impl Committer {
         loop {
             let started = Instant::now();
             let now = now_ms();
-            let lease = self.handoff.as_ref().filter(|h| h.accepting.load(Ordering::Relaxed)).map(|h| Lease {
-                worker: h.worker.clone(),
-                until: now + i64::try_from(h.lease.as_millis()).unwrap_or(i64::MAX / 2),
-            });
+            let lease = self.handoff.as_ref().and_then(|h| h.lease(now));
             let leased = lease.is_some();
             let result =
                 tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now, lease))
@@ -347,19 +327,14 @@ impl Committer {
                 Ok(result) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
                     metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "ingest").increment(1);
-                    if !leased && let Some(h) = &self.handoff {
-                        // Inserted unleased while the worker was saturated:
-                        // it claims them as soon as it has room.
-                        h.wake.notify_one();
-                    }
-                    if !result.handoff.is_empty()
-                        && let Some(h) = &self.handoff
-                        && h.tx.try_send(result.handoff).is_err()
-                    {
-                        // They stay leased; when the lease expires any process claims them.
-                        tracing::warn!(
-                            "the delivery worker did not take committed deliveries; they wait for their lease to expire"
-                        );
+                    if let Some(h) = &self.handoff {
+                        if leased {
+                            h.take(result.handoff);
+                        } else {
+                            // Inserted unleased while the worker was saturated:
+                            // it claims them as soon as it has room.
+                            h.committed_unleased();
+                        }
                     }
                     return Ok(result.outcomes);
                 }

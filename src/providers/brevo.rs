@@ -32,40 +32,23 @@
 
 use serde_json::Value;
 
-use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_parts, str_field};
-use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use super::common::{self, Unsigned, json_seconds_to_ms, key_from_parts, str_field};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed};
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Brevo source uses.
 pub const ACCEPTS: &[&str] = &["username", "password", "bearer_token", "header_name", "header_value"];
 
-/// What a Brevo callback must present.
-pub struct Credentials {
-    http: HttpAuth,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("brevo::Credentials").field("http", &self.http).finish()
-    }
-}
-
-impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::required(cfg, || {
-            "bearer_token: Brevo does not sign its callbacks; set the webhook's bearer token here, \
-             or put Basic credentials in the webhook URL (https://user:password@host/callbacks/<name>) \
-             and set username/password, or set header_name/header_value"
-                .into()
-        })?;
-        Ok(Credentials { http })
-    }
-}
-
-/// Checks the configured bearer token, basic auth and/or secret header.
-pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Result<(), VerifyError> {
-    creds.http.check(req.headers)
+/// The credentials every Brevo callback must carry: see [`common::Unsigned`].
+pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
+    Unsigned::from_config(
+        cfg,
+        "bearer_token",
+        "Brevo does not sign its callbacks; set the webhook's bearer token here, or put Basic \
+         credentials in the webhook URL (https://user:password@host/callbacks/<name>) and set \
+         username/password, or set header_name/header_value",
+    )
 }
 
 /// Parses one event or a batch of events.
@@ -197,6 +180,7 @@ fn parse_event(event: &Value, ctx: &ParseContext, received_at: i64) -> Result<Ca
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::VerifyError;
     use axum::http::HeaderMap;
     use base64::Engine;
     use proptest::prelude::*;
@@ -208,17 +192,17 @@ mod tests {
     const URL: &str = "https://relay.example.com/callbacks/brevo";
     const RECEIVED: i64 = 1_700_000_000_000;
 
-    fn bearer_creds() -> Credentials {
+    fn bearer_creds() -> Unsigned {
         let mut cfg = config("brevo");
         cfg.bearer_token = Some(Secret::new("long-random-token"));
-        Credentials::from_config(&cfg).expect("valid")
+        credentials(&cfg).expect("valid")
     }
 
     #[test]
     fn the_bearer_token_is_required_and_checked() {
         let body = fixture("brevo", "delivered.json");
         let c = bearer_creds();
-        let check = |h: &str| verify(&post(URL, &headers(h), &body, 0), &c, 0);
+        let check = |h: &str| c.verify(&post(URL, &headers(h), &body, 0));
         assert_eq!(check("Authorization: Bearer long-random-token"), Ok(()));
         assert_eq!(check("Authorization: bearer long-random-token"), Ok(()));
         assert_eq!(check("Authorization: Bearer long-random-tokeN"), Err(VerifyError::BadCredentials));
@@ -233,21 +217,21 @@ mod tests {
         let mut cfg = config("brevo");
         cfg.username = Some("hooks".into());
         cfg.password = Some(Secret::new("pw-secret"));
-        let c = Credentials::from_config(&cfg).expect("valid");
+        let c = credentials(&cfg).expect("valid");
         let body = fixture("brevo", "delivered.json");
         let basic = |u: &str, p: &str| {
             let v = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
             headers(&format!("Authorization: Basic {v}"))
         };
-        assert_eq!(verify(&post(URL, &basic("hooks", "pw-secret"), &body, 0), &c, 0), Ok(()));
-        assert_eq!(verify(&post(URL, &basic("hooks", "pw"), &body, 0), &c, 0), Err(VerifyError::BadCredentials));
-        assert_eq!(verify(&post(URL, &HeaderMap::new(), &body, 0), &c, 0), Err(VerifyError::Missing("authorization")));
+        assert_eq!(c.verify(&post(URL, &basic("hooks", "pw-secret"), &body, 0)), Ok(()));
+        assert_eq!(c.verify(&post(URL, &basic("hooks", "pw"), &body, 0)), Err(VerifyError::BadCredentials));
+        assert_eq!(c.verify(&post(URL, &HeaderMap::new(), &body, 0)), Err(VerifyError::Missing("authorization")));
     }
 
     #[test]
     fn a_source_without_authentication_is_refused() {
-        let err = Credentials::from_config(&config("brevo")).expect_err("refused");
-        assert!(err.starts_with("bearer_token: "), "{err}");
+        let err = credentials(&config("brevo")).expect_err("refused");
+        assert!(err.to_string().starts_with("bearer_token: "), "{err}");
     }
 
     fn parse_all(body: &[u8]) -> Vec<Callback> {
@@ -481,7 +465,7 @@ mod tests {
             if let Ok(v) = axum::http::HeaderValue::from_str(&auth) {
                 h.insert(axum::http::header::AUTHORIZATION, v);
             }
-            let _ = verify(&post(URL, &h, &body, 0), &bearer_creds(), 0);
+            let _ = bearer_creds().verify(&post(URL, &h, &body, 0));
             let _ = parse(&post(URL, &h, &body, 0), &context("brevo"));
         }
     }

@@ -16,8 +16,8 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
-use super::{ParseContext, VerifyError};
-use crate::config::SourceConfig;
+use super::{CallbackRequest, ParseContext, VerifyError};
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::Secret;
 use crate::domain::event::{dedupe_key, hashed_dedupe_key};
 use crate::domain::{EventKind, MessageId, NormalizedEvent, ProviderRef, Target};
@@ -55,20 +55,20 @@ impl std::fmt::Debug for HttpAuth {
 
 impl HttpAuth {
     /// Reads `username`/`password`, `bearer_token` and `header_name`/`header_value`.
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         let basic = match (&cfg.username, &cfg.password) {
             (Some(u), Some(p)) if !u.is_empty() && !p.expose().is_empty() => Some((u.clone(), p.clone())),
             (None, None) => None,
-            _ => return Err("username/password: set both, neither empty".into()),
+            _ => return Err(FieldError::new("username/password", "set both, neither empty")),
         };
         let header = match (&cfg.header_name, &cfg.header_value) {
             (Some(name), Some(value)) if !value.expose().is_empty() => {
                 let name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("header_name: `{name}` is not a valid header name"))?;
+                    .map_err(|_| FieldError::new("header_name", format!("`{name}` is not a valid header name")))?;
                 Some((name, value.clone()))
             }
             (None, None) => None,
-            _ => return Err("header_name/header_value: set both, value not empty".into()),
+            _ => return Err(FieldError::new("header_name/header_value", "set both, value not empty")),
         };
         let bearer = cfg.bearer_token.clone().filter(|t| !t.expose().is_empty());
         Ok(HttpAuth { basic, bearer, header })
@@ -76,13 +76,6 @@ impl HttpAuth {
 
     pub fn is_configured(&self) -> bool {
         self.basic.is_some() || self.bearer.is_some() || self.header.is_some()
-    }
-
-    /// The credentials of a provider that does not sign its callbacks, so
-    /// that at least one must be set; `missing` says how to set them.
-    pub fn required(cfg: &SourceConfig, missing: impl FnOnce() -> String) -> Result<Self, String> {
-        let http = HttpAuth::from_config(cfg)?;
-        if http.is_configured() { Ok(http) } else { Err(missing()) }
     }
 
     /// Checks every configured credential.
@@ -124,6 +117,30 @@ impl HttpAuth {
             }
         }
         Ok(())
+    }
+}
+
+/// The credentials of a provider that does not sign its callbacks (Postmark,
+/// Mailjet, Brevo, SparkPost): the HTTP credentials it can send. At least
+/// one must be configured: anyone who learns the URL could otherwise forge
+/// delivery statuses.
+#[derive(Debug)]
+pub struct Unsigned {
+    /// Its `Debug` shows which checks are configured, never the secrets.
+    http: HttpAuth,
+}
+
+impl Unsigned {
+    /// Reads the source's HTTP credentials; with none, the error names
+    /// `field` and says `how` the provider sends credentials.
+    pub fn from_config(cfg: &SourceConfig, field: &'static str, how: impl Into<String>) -> Result<Self, FieldError> {
+        let http = HttpAuth::from_config(cfg)?;
+        if http.is_configured() { Ok(Unsigned { http }) } else { Err(FieldError::new(field, how)) }
+    }
+
+    /// Checks the configured credentials (in constant time).
+    pub fn verify(&self, req: &CallbackRequest<'_>) -> Result<(), VerifyError> {
+        self.http.check(req.headers)
     }
 }
 

@@ -20,7 +20,7 @@ use sha2::Sha256;
 
 use super::common::{self, HttpAuth, check_window, ct_eq, json_seconds_to_ms, key_from_id, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, SingleUse, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -45,10 +45,10 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         let keys: Vec<Secret> = cfg.secrets.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
         if keys.is_empty() {
-            return Err("secrets: a Mailgun source needs its HTTP webhook signing key".into());
+            return Err(FieldError::new("secrets", "a Mailgun source needs its HTTP webhook signing key"));
         }
         Ok(Credentials {
             keys,

@@ -24,40 +24,23 @@
 
 use serde_json::Value;
 
-use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_parts, str_field};
-use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use super::common::{self, Unsigned, json_seconds_to_ms, key_from_parts, str_field};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed};
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Mailjet source uses.
 pub const ACCEPTS: &[&str] = &["username", "password", "bearer_token", "header_name", "header_value"];
 
-/// What a Mailjet callback must present.
-pub struct Credentials {
-    http: HttpAuth,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("mailjet::Credentials").field("http", &self.http).finish()
-    }
-}
-
-impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::required(cfg, || {
-            "username/password: Mailjet does not sign its callbacks; put Basic credentials in the \
-             event callback URL (https://user:password@host/callbacks/<name>) and set them here, \
-             or set bearer_token or header_name/header_value"
-                .into()
-        })?;
-        Ok(Credentials { http })
-    }
-}
-
-/// Checks the configured basic auth, bearer token and/or secret header.
-pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Result<(), VerifyError> {
-    creds.http.check(req.headers)
+/// The credentials every Mailjet callback must carry: see [`common::Unsigned`].
+pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
+    Unsigned::from_config(
+        cfg,
+        "username/password",
+        "Mailjet does not sign its callbacks; put Basic credentials in the event callback URL \
+         (https://user:password@host/callbacks/<name>) and set them here, or set bearer_token or \
+         header_name/header_value",
+    )
 }
 
 /// Parses one event or a group of events.
@@ -168,6 +151,7 @@ fn parse_event(event: &Value, ctx: &ParseContext, received_at: i64) -> Result<Ca
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::VerifyError;
     use axum::http::HeaderMap;
     use base64::Engine;
     use proptest::prelude::*;
@@ -178,11 +162,11 @@ mod tests {
 
     const URL: &str = "https://relay.example.com/callbacks/mailjet";
 
-    fn creds() -> Credentials {
+    fn creds() -> Unsigned {
         let mut cfg = config("mailjet");
         cfg.username = Some("hooks".into());
         cfg.password = Some(Secret::new("long-random-secret"));
-        Credentials::from_config(&cfg).expect("valid")
+        credentials(&cfg).expect("valid")
     }
 
     fn basic(user: &str, pass: &str) -> HeaderMap {
@@ -194,7 +178,7 @@ mod tests {
     fn basic_auth_is_required_and_checked() {
         let body = fixture("mailjet", "sent.json");
         let c = creds();
-        let check = |h: &HeaderMap| verify(&post(URL, h, &body, 0), &c, 0);
+        let check = |h: &HeaderMap| c.verify(&post(URL, h, &body, 0));
         assert_eq!(check(&basic("hooks", "long-random-secret")), Ok(()));
         assert_eq!(check(&basic("hooks", "wrong")), Err(VerifyError::BadCredentials));
         assert_eq!(check(&basic("other", "long-random-secret")), Err(VerifyError::BadCredentials));
@@ -211,28 +195,28 @@ mod tests {
         let mut cfg = config("mailjet");
         cfg.header_name = Some("X-Hook-Secret".into());
         cfg.header_value = Some(Secret::new("hdr-secret"));
-        let c = Credentials::from_config(&cfg).expect("valid");
+        let c = credentials(&cfg).expect("valid");
         let body = fixture("mailjet", "sent.json");
-        assert_eq!(verify(&post(URL, &headers("X-Hook-Secret: hdr-secret"), &body, 0), &c, 0), Ok(()));
+        assert_eq!(c.verify(&post(URL, &headers("X-Hook-Secret: hdr-secret"), &body, 0)), Ok(()));
         assert_eq!(
-            verify(&post(URL, &headers("X-Hook-Secret: hdr-secreT"), &body, 0), &c, 0),
+            c.verify(&post(URL, &headers("X-Hook-Secret: hdr-secreT"), &body, 0)),
             Err(VerifyError::BadCredentials)
         );
         let mut cfg = config("mailjet");
         cfg.bearer_token = Some(Secret::new("tok"));
-        let c = Credentials::from_config(&cfg).expect("valid");
-        assert_eq!(verify(&post(URL, &headers("Authorization: Bearer tok"), &body, 0), &c, 0), Ok(()));
+        let c = credentials(&cfg).expect("valid");
+        assert_eq!(c.verify(&post(URL, &headers("Authorization: Bearer tok"), &body, 0)), Ok(()));
         assert_eq!(
-            verify(&post(URL, &headers("Authorization: Bearer tok2"), &body, 0), &c, 0),
+            c.verify(&post(URL, &headers("Authorization: Bearer tok2"), &body, 0)),
             Err(VerifyError::BadCredentials)
         );
     }
 
     #[test]
     fn a_source_without_authentication_is_refused() {
-        let err = Credentials::from_config(&config("mailjet")).expect_err("refused");
-        assert!(err.starts_with("username/password: "), "{err}");
-        assert!(err.contains("Basic credentials in the event callback URL"), "{err}");
+        let err = credentials(&config("mailjet")).expect_err("refused");
+        assert!(err.to_string().starts_with("username/password: "), "{err}");
+        assert!(err.to_string().contains("Basic credentials in the event callback URL"), "{err}");
     }
 
     fn parse_all(body: &[u8]) -> Vec<Callback> {
@@ -394,7 +378,7 @@ mod tests {
             if let Ok(v) = axum::http::HeaderValue::from_str(&auth) {
                 h.insert(axum::http::header::AUTHORIZATION, v);
             }
-            let _ = verify(&post(URL, &h, &body, 0), &creds(), 0);
+            let _ = creds().verify(&post(URL, &h, &body, 0));
             let _ = parse(&post(URL, &h, &body, 0), &context("mailjet"));
         }
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method, StatusCode};
 
-use crate::config::SourceConfig;
+use crate::config::{ConfigError, FieldError, SourceConfig};
 use crate::domain::{NormalizedEvent, ProviderName, Target};
 
 /// What verifiers and parsers see of a callback request.
@@ -221,70 +221,61 @@ impl CertificateStore for NoCertificates {
     }
 }
 
-/// The providers hookrelay understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    SendGrid,
-    Postmark,
-    Mailgun,
-    Ses,
-    Twilio,
-    Resend,
-    Mailjet,
-    Brevo,
-    SparkPost,
-    Vonage,
+/// Declares the providers once: the enum, [`ProviderKind::ALL`] and each
+/// one's name and module come from this one list, so none can be left out
+/// of `ALL` (and taken for an unknown provider) while the enum has it.
+macro_rules! providers {
+    ($($kind:ident => $module:ident, $name:literal;)*) => {
+        /// The providers hookrelay understands.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProviderKind {
+            $($kind),*
+        }
+
+        impl ProviderKind {
+            pub const ALL: &'static [ProviderKind] = &[$(ProviderKind::$kind),*];
+
+            /// The name used in configuration and on messages.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProviderKind::$kind => $name),*
+                }
+            }
+
+            /// The configuration fields this provider uses (besides `name`,
+            /// `provider`, `id_field`); any other field set on its source is refused.
+            fn accepts(self) -> &'static [&'static str] {
+                match self {
+                    $(ProviderKind::$kind => $module::ACCEPTS),*
+                }
+            }
+
+            /// Parses a verified request.
+            fn parse(self, req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
+                match self {
+                    $(ProviderKind::$kind => $module::parse(req, ctx)),*
+                }
+            }
+        }
+    };
+}
+
+providers! {
+    SendGrid => sendgrid, "sendgrid";
+    Postmark => postmark, "postmark";
+    Mailgun => mailgun, "mailgun";
+    Ses => ses, "ses";
+    Twilio => twilio, "twilio";
+    Resend => resend, "resend";
+    Mailjet => mailjet, "mailjet";
+    Brevo => brevo, "brevo";
+    SparkPost => sparkpost, "sparkpost";
+    Vonage => vonage, "vonage";
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 10] = [
-        ProviderKind::SendGrid,
-        ProviderKind::Postmark,
-        ProviderKind::Mailgun,
-        ProviderKind::Ses,
-        ProviderKind::Twilio,
-        ProviderKind::Resend,
-        ProviderKind::Mailjet,
-        ProviderKind::Brevo,
-        ProviderKind::SparkPost,
-        ProviderKind::Vonage,
-    ];
-
-    /// The name used in configuration and on messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::SendGrid => "sendgrid",
-            ProviderKind::Postmark => "postmark",
-            ProviderKind::Mailgun => "mailgun",
-            ProviderKind::Ses => "ses",
-            ProviderKind::Twilio => "twilio",
-            ProviderKind::Resend => "resend",
-            ProviderKind::Mailjet => "mailjet",
-            ProviderKind::Brevo => "brevo",
-            ProviderKind::SparkPost => "sparkpost",
-            ProviderKind::Vonage => "vonage",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// The configuration fields this provider uses (besides `name`,
-    /// `provider`, `id_field`); any other field set on its source is refused.
-    fn accepts(self) -> &'static [&'static str] {
-        match self {
-            ProviderKind::SendGrid => sendgrid::ACCEPTS,
-            ProviderKind::Postmark => postmark::ACCEPTS,
-            ProviderKind::Mailgun => mailgun::ACCEPTS,
-            ProviderKind::Ses => ses::ACCEPTS,
-            ProviderKind::Twilio => twilio::ACCEPTS,
-            ProviderKind::Resend => resend::ACCEPTS,
-            ProviderKind::Mailjet => mailjet::ACCEPTS,
-            ProviderKind::Brevo => brevo::ACCEPTS,
-            ProviderKind::SparkPost => sparkpost::ACCEPTS,
-            ProviderKind::Vonage => vonage::ACCEPTS,
-        }
+    pub fn parse_name(s: &str) -> Option<Self> {
+        ProviderKind::ALL.iter().copied().find(|k| k.as_str() == s)
     }
 }
 
@@ -292,15 +283,13 @@ impl ProviderKind {
 #[derive(Debug)]
 enum Credentials {
     SendGrid(sendgrid::Credentials),
-    Postmark(postmark::Credentials),
     Mailgun(mailgun::Credentials),
     Ses(ses::Credentials),
     Twilio(twilio::Credentials),
     Resend(resend::Credentials),
-    Mailjet(mailjet::Credentials),
-    Brevo(brevo::Credentials),
-    SparkPost(sparkpost::Credentials),
     Vonage(vonage::Credentials),
+    /// Postmark, Mailjet, Brevo and SparkPost sign nothing.
+    Unsigned(common::Unsigned),
 }
 
 /// One configured provider account.
@@ -318,30 +307,33 @@ pub struct Source {
 
 impl Source {
     /// Builds a source from its configuration; the error names the field.
-    pub fn from_config(cfg: &SourceConfig) -> Result<Source, String> {
-        let kind = ProviderKind::parse(&cfg.provider).ok_or_else(|| {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Source, FieldError> {
+        let kind = ProviderKind::parse_name(&cfg.provider).ok_or_else(|| {
             let all: Vec<_> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
-            format!("provider: unknown provider `{}`; expected one of {}", cfg.provider, all.join(", "))
+            FieldError::new(
+                "provider",
+                format!("unknown provider `{}`; expected one of {}", cfg.provider, all.join(", ")),
+            )
         })?;
         if let Some(field) = cfg.set_fields().into_iter().find(|f| !kind.accepts().contains(f)) {
-            return Err(format!("{field}: not used by {} sources", kind.as_str()));
+            return Err(FieldError::new(field, format!("not used by {} sources", kind.as_str())));
         }
         if cfg.id_field.is_empty() || cfg.id_field.len() > 64 {
-            return Err("id_field: must be 1 to 64 characters".into());
+            return Err(FieldError::new("id_field", "must be 1 to 64 characters"));
         }
         let credentials = match kind {
             ProviderKind::SendGrid => Credentials::SendGrid(sendgrid::Credentials::from_config(cfg)?),
-            ProviderKind::Postmark => Credentials::Postmark(postmark::Credentials::from_config(cfg)?),
             ProviderKind::Mailgun => Credentials::Mailgun(mailgun::Credentials::from_config(cfg)?),
             ProviderKind::Ses => Credentials::Ses(ses::Credentials::from_config(cfg)?),
             ProviderKind::Twilio => Credentials::Twilio(twilio::Credentials::from_config(cfg)?),
             ProviderKind::Resend => Credentials::Resend(resend::Credentials::from_config(cfg)?),
-            ProviderKind::Mailjet => Credentials::Mailjet(mailjet::Credentials::from_config(cfg)?),
-            ProviderKind::Brevo => Credentials::Brevo(brevo::Credentials::from_config(cfg)?),
-            ProviderKind::SparkPost => Credentials::SparkPost(sparkpost::Credentials::from_config(cfg)?),
             ProviderKind::Vonage => Credentials::Vonage(vonage::Credentials::from_config(cfg)?),
+            ProviderKind::Postmark => Credentials::Unsigned(postmark::credentials(cfg)?),
+            ProviderKind::Mailjet => Credentials::Unsigned(mailjet::credentials(cfg)?),
+            ProviderKind::Brevo => Credentials::Unsigned(brevo::credentials(cfg)?),
+            ProviderKind::SparkPost => Credentials::Unsigned(sparkpost::credentials(cfg)?),
         };
-        let provider = ProviderName::parse(kind.as_str()).map_err(|e| e.to_string())?;
+        let provider = ProviderName::from_trusted(kind.as_str().to_owned());
         Ok(Source {
             name: cfg.name.clone(),
             kind,
@@ -368,39 +360,23 @@ impl Source {
         now: i64,
         certificates: &dyn CertificateStore,
     ) -> Result<Verified, VerifyError> {
-        if let Credentials::Mailgun(c) = &self.credentials {
-            return mailgun::verify_token(req, c, now).map(|token| Verified { single_use: Some(token) });
-        }
-        match &self.credentials {
+        let authentic = match &self.credentials {
+            Credentials::Mailgun(c) => {
+                return mailgun::verify_token(req, c, now).map(|token| Verified { single_use: Some(token) });
+            }
             Credentials::SendGrid(c) => sendgrid::verify(req, c, now),
-            Credentials::Postmark(c) => postmark::verify(req, c, now),
-            Credentials::Mailgun(c) => mailgun::verify(req, c, now),
             Credentials::Ses(c) => ses::verify(req, c, now, certificates),
             Credentials::Twilio(c) => twilio::verify(req, c, now),
             Credentials::Resend(c) => resend::verify(req, c, now),
-            Credentials::Mailjet(c) => mailjet::verify(req, c, now),
-            Credentials::Brevo(c) => brevo::verify(req, c, now),
-            Credentials::SparkPost(c) => sparkpost::verify(req, c, now),
             Credentials::Vonage(c) => vonage::verify(req, c, now),
-        }
-        .map(|()| Verified::default())
+            Credentials::Unsigned(c) => c.verify(req),
+        };
+        authentic.map(|()| Verified::default())
     }
 
     /// Parses a verified request.
     pub fn parse(&self, req: &CallbackRequest<'_>) -> Result<Parsed, ParseError> {
-        let ctx = &self.context;
-        match self.kind {
-            ProviderKind::SendGrid => sendgrid::parse(req, ctx),
-            ProviderKind::Postmark => postmark::parse(req, ctx),
-            ProviderKind::Mailgun => mailgun::parse(req, ctx),
-            ProviderKind::Ses => ses::parse(req, ctx),
-            ProviderKind::Twilio => twilio::parse(req, ctx),
-            ProviderKind::Resend => resend::parse(req, ctx),
-            ProviderKind::Mailjet => mailjet::parse(req, ctx),
-            ProviderKind::Brevo => brevo::parse(req, ctx),
-            ProviderKind::SparkPost => sparkpost::parse(req, ctx),
-            ProviderKind::Vonage => vonage::parse(req, ctx),
-        }
+        self.kind.parse(req, &self.context)
     }
 
     /// The status for a body that verified but cannot be parsed. Mailgun
@@ -425,4 +401,25 @@ impl Source {
             _ => false,
         }
     }
+}
+
+/// Builds every configured source (checking its credentials); errors name
+/// the source and field, e.g. `sources[1].public_keys`.
+pub fn sources(configs: &[SourceConfig]) -> Result<Vec<Source>, ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(configs.len());
+    for (i, source) in configs.iter().enumerate() {
+        let part = format!("sources[{i}]");
+        let valid_name = !source.name.is_empty()
+            && source.name.len() <= 64
+            && source.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(FieldError::new("name", "1 to 64 characters of a-z, 0-9, - and _").at(&part));
+        }
+        if !names.insert(source.name.as_str()) {
+            return Err(FieldError::new("name", format!("`{}` is used by another source", source.name)).at(&part));
+        }
+        out.push(Source::from_config(source).map_err(|e| e.at(&part))?);
+    }
+    Ok(out)
 }

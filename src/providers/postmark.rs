@@ -13,39 +13,26 @@
 
 use serde_json::Value;
 
-use super::common::{self, HttpAuth, key_from_id, key_from_parts, str_field};
-use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use super::common::{self, Unsigned, key_from_id, key_from_parts, str_field};
+use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed};
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a Postmark source uses.
 pub const ACCEPTS: &[&str] = &["username", "password", "bearer_token", "header_name", "header_value"];
 
-/// The HTTP credentials every Postmark callback must carry.
-#[derive(Debug)]
-pub struct Credentials {
-    /// Its `Debug` shows which checks are configured, never the secrets.
-    http: HttpAuth,
-}
-
-impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::required(cfg, || {
-            format!(
-                "username/password: Postmark does not sign its webhooks, so a Postmark source needs credentials: \
-                 set username and password and put them in the webhook URL \
-                 (https://USER:PASSWORD@<public host>/callbacks/{}), and/or set header_name and header_value \
-                 and add that custom header to the webhook",
-                cfg.name
-            )
-        })?;
-        Ok(Credentials { http })
-    }
-}
-
-/// Checks the configured HTTP credentials (in constant time).
-pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Result<(), VerifyError> {
-    creds.http.check(req.headers)
+/// The credentials every Postmark callback must carry: see [`common::Unsigned`].
+pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
+    Unsigned::from_config(
+        cfg,
+        "username/password",
+        format!(
+            "Postmark does not sign its webhooks, so a Postmark source needs credentials: set username and \
+             password and put them in the webhook URL (https://USER:PASSWORD@<public host>/callbacks/{}), \
+             and/or set header_name and header_value and add that custom header to the webhook",
+            cfg.name
+        ),
+    )
 }
 
 /// Parses one webhook into its event.
@@ -160,6 +147,7 @@ fn parse_record(record: &str, data: &Value, ctx: &ParseContext, received_at: i64
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::VerifyError;
     use axum::http::HeaderMap;
     use base64::Engine;
     use proptest::prelude::*;
@@ -171,11 +159,11 @@ mod tests {
 
     const URL: &str = "https://hooks.example.com/callbacks/postmark";
 
-    fn basic_creds() -> Credentials {
+    fn basic_creds() -> Unsigned {
         let mut cfg = config("postmark");
         cfg.username = Some("hooks".into());
         cfg.password = Some(Secret::new("long-random-secret"));
-        Credentials::from_config(&cfg).expect("valid")
+        credentials(&cfg).expect("valid")
     }
 
     fn basic(user: &str, pass: &str) -> HeaderMap {
@@ -185,36 +173,36 @@ mod tests {
 
     #[test]
     fn a_source_without_credentials_is_refused() {
-        let err = Credentials::from_config(&config("postmark")).expect_err("refused");
-        assert!(err.starts_with("username/password: "), "{err}");
-        assert!(err.contains("https://USER:PASSWORD@<public host>/callbacks/postmark-test"), "{err}");
-        assert!(err.contains("header_name"), "{err}");
+        let err = credentials(&config("postmark")).expect_err("refused");
+        assert!(err.to_string().starts_with("username/password: "), "{err}");
+        assert!(err.to_string().contains("https://USER:PASSWORD@<public host>/callbacks/postmark-test"), "{err}");
+        assert!(err.to_string().contains("header_name"), "{err}");
         // Half a credential is refused too.
         let mut cfg = config("postmark");
         cfg.username = Some("hooks".into());
-        assert!(Credentials::from_config(&cfg).expect_err("refused").starts_with("username/password: "));
+        assert!(credentials(&cfg).expect_err("refused").to_string().starts_with("username/password: "));
         let mut cfg = config("postmark");
         cfg.header_name = Some("X-Hook-Secret".into());
-        assert!(Credentials::from_config(&cfg).expect_err("refused").starts_with("header_name/header_value: "));
+        assert!(credentials(&cfg).expect_err("refused").to_string().starts_with("header_name/header_value: "));
     }
 
     #[test]
     fn basic_auth_is_checked() {
         let c = basic_creds();
         let body = fixture("postmark", "delivery.json");
-        assert_eq!(verify(&post(URL, &basic("hooks", "long-random-secret"), &body, 0), &c, 0), Ok(()));
+        assert_eq!(c.verify(&post(URL, &basic("hooks", "long-random-secret"), &body, 0)), Ok(()));
         assert_eq!(
-            verify(&post(URL, &basic("hooks", "long-random-secreT"), &body, 0), &c, 0),
+            c.verify(&post(URL, &basic("hooks", "long-random-secreT"), &body, 0)),
             Err(VerifyError::BadCredentials)
         );
         assert_eq!(
-            verify(&post(URL, &basic("other", "long-random-secret"), &body, 0), &c, 0),
+            c.verify(&post(URL, &basic("other", "long-random-secret"), &body, 0)),
             Err(VerifyError::BadCredentials)
         );
         let none = headers("Content-Type: application/json");
-        assert_eq!(verify(&post(URL, &none, &body, 0), &c, 0), Err(VerifyError::Missing("authorization")));
+        assert_eq!(c.verify(&post(URL, &none, &body, 0)), Err(VerifyError::Missing("authorization")));
         let bearer = headers("Authorization: Bearer long-random-secret");
-        assert_eq!(verify(&post(URL, &bearer, &body, 0), &c, 0), Err(VerifyError::Missing("basic authorization")));
+        assert_eq!(c.verify(&post(URL, &bearer, &body, 0)), Err(VerifyError::Missing("basic authorization")));
         // Debug shows no secret.
         assert!(!format!("{c:?}").contains("long-random-secret"));
     }
@@ -224,23 +212,23 @@ mod tests {
         let mut cfg = config("postmark");
         cfg.header_name = Some("X-Hook-Secret".into());
         cfg.header_value = Some(Secret::new("hdr-secret"));
-        let c = Credentials::from_config(&cfg).expect("valid");
+        let c = credentials(&cfg).expect("valid");
         let body = fixture("postmark", "open.json");
         let ok = headers("X-Hook-Secret: hdr-secret");
-        assert_eq!(verify(&post(URL, &ok, &body, 0), &c, 0), Ok(()));
+        assert_eq!(c.verify(&post(URL, &ok, &body, 0)), Ok(()));
         let wrong = headers("X-Hook-Secret: hdr-secreT");
-        assert_eq!(verify(&post(URL, &wrong, &body, 0), &c, 0), Err(VerifyError::BadCredentials));
-        assert_eq!(verify(&post(URL, &HeaderMap::new(), &body, 0), &c, 0), Err(VerifyError::Missing("secret header")));
+        assert_eq!(c.verify(&post(URL, &wrong, &body, 0)), Err(VerifyError::BadCredentials));
+        assert_eq!(c.verify(&post(URL, &HeaderMap::new(), &body, 0)), Err(VerifyError::Missing("secret header")));
 
         // Both configured: both required.
         cfg.username = Some("hooks".into());
         cfg.password = Some(Secret::new("long-random-secret"));
-        let both = Credentials::from_config(&cfg).expect("valid");
-        assert_eq!(verify(&post(URL, &ok, &body, 0), &both, 0), Err(VerifyError::Missing("authorization")));
+        let both = credentials(&cfg).expect("valid");
+        assert_eq!(both.verify(&post(URL, &ok, &body, 0)), Err(VerifyError::Missing("authorization")));
         let mut all = basic("hooks", "long-random-secret");
-        assert_eq!(verify(&post(URL, &all, &body, 0), &both, 0), Err(VerifyError::Missing("secret header")));
+        assert_eq!(both.verify(&post(URL, &all, &body, 0)), Err(VerifyError::Missing("secret header")));
         all.insert("x-hook-secret", "hdr-secret".parse().expect("value"));
-        assert_eq!(verify(&post(URL, &all, &body, 0), &both, 0), Ok(()));
+        assert_eq!(both.verify(&post(URL, &all, &body, 0)), Ok(()));
     }
 
     fn parse_body(body: &[u8], ctx: &ParseContext) -> Callback {
@@ -501,7 +489,7 @@ mod tests {
                 h.insert("authorization", v);
             }
             let req = post(URL, &h, &body, 0);
-            let _ = verify(&req, &basic_creds(), 0);
+            let _ = basic_creds().verify(&req);
             let _ = parse(&req, &context("postmark"));
         }
     }

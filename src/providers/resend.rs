@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::common::{self, check_window, key_from_id, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::signing::{self, VerifyKey, WebhookSecret};
 use crate::domain::{EventKind, Reason, Status};
 
@@ -49,17 +49,21 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         if cfg.secrets.is_empty() {
-            return Err("secrets: a Resend source needs the webhook's signing secret (whsec_...), \
-                        shown on the webhook's page in the Resend dashboard"
-                .into());
+            return Err(FieldError::new(
+                "secrets",
+                "a Resend source needs the webhook's signing secret (whsec_...), shown on the webhook's page in the \
+                 Resend dashboard",
+            ));
         }
         let keys = cfg
             .secrets
             .iter()
             .enumerate()
-            .map(|(i, s)| decode_secret(s.expose()).map_err(|why| format!("secrets: secret {}: {why}", i + 1)))
+            .map(|(i, s)| {
+                decode_secret(s.expose()).map_err(|why| FieldError::new("secrets", format!("secret {}: {why}", i + 1)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Credentials { keys, tolerance: cfg.tolerance_seconds.unwrap_or(DEFAULT_TOLERANCE_SECONDS) })
     }
@@ -337,7 +341,7 @@ mod tests {
         let err = |secrets: &[&str]| {
             let mut cfg = config("resend");
             cfg.secrets = secrets.iter().map(|s| Secret::new(*s)).collect();
-            Credentials::from_config(&cfg).expect_err("refused")
+            Credentials::from_config(&cfg).expect_err("refused").to_string()
         };
         assert!(err(&[]).starts_with("secrets: "));
         assert!(err(&["re_123456789"]).starts_with("secrets: secret 1: must start with whsec_"));

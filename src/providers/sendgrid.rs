@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::common::{self, HttpAuth, check_window, header, json_seconds_to_ms, key_from_id, key_from_parts, str_field};
 use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, MessageId, Reason, Status};
 
 /// Configuration fields a SendGrid source uses.
@@ -67,17 +67,21 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         if cfg.public_keys.is_empty() {
-            return Err("public_keys: a SendGrid source needs the Signed Event Webhook verification key \
-                        (Settings > Mail Settings > Event Webhook)"
-                .into());
+            return Err(FieldError::new(
+                "public_keys",
+                "a SendGrid source needs the Signed Event Webhook verification key (Settings > Mail Settings > \
+                 Event Webhook)",
+            ));
         }
         let keys = cfg
             .public_keys
             .iter()
             .enumerate()
-            .map(|(i, key)| parse_public_key(key).map_err(|why| format!("public_keys: key {}: {why}", i + 1)))
+            .map(|(i, key)| {
+                parse_public_key(key).map_err(|why| FieldError::new("public_keys", format!("key {}: {why}", i + 1)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Credentials {
             keys,
@@ -502,7 +506,7 @@ mod tests {
         let err = |keys: &[&str]| {
             let mut cfg = config("sendgrid");
             cfg.public_keys = keys.iter().map(|k| (*k).to_owned()).collect();
-            Credentials::from_config(&cfg).expect_err("refused")
+            Credentials::from_config(&cfg).expect_err("refused").to_string()
         };
         assert!(err(&[]).starts_with("public_keys: "));
         assert!(err(&[""]).starts_with("public_keys: key 1: empty"));

@@ -32,7 +32,7 @@ use x509_cert::spki::ObjectIdentifier;
 
 use super::common::{self, HttpAuth, key_from_id, key_from_parts, rfc3339_to_ms, str_field};
 use super::{Action, Callback, CallbackRequest, CertificateStore, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields an SES source uses.
@@ -67,28 +67,33 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         let mut topics = Vec::new();
         for arn in &cfg.topic_arns {
             let arn = arn.trim();
             if !is_topic_arn(arn) {
-                return Err(format!(
-                    "topic_arns: `{arn}` is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"
+                return Err(FieldError::new(
+                    "topic_arns",
+                    format!("`{arn}` is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"),
                 ));
             }
             topics.push(arn.to_owned());
         }
         if topics.is_empty() {
-            return Err("topic_arns: an SES source needs the ARNs of the SNS topics it receives; \
-                        notifications from any other topic are refused"
-                .into());
+            return Err(FieldError::new(
+                "topic_arns",
+                "an SES source needs the ARNs of the SNS topics it receives; notifications from any other topic \
+                 are refused",
+            ));
         }
         let pinned = match &cfg.certificate_file {
             None => None,
             Some(path) => {
                 let pem = std::fs::read(path)
-                    .map_err(|e| format!("certificate_file: cannot read {}: {e}", path.display()))?;
-                Some(public_key(&pem).map_err(|why| format!("certificate_file: {}: {why}", path.display()))?)
+                    .map_err(|e| FieldError::new("certificate_file", format!("cannot read {}: {e}", path.display())))?;
+                let key = public_key(&pem)
+                    .map_err(|why| FieldError::new("certificate_file", format!("{}: {why}", path.display())))?;
+                Some(key)
             }
         };
         Ok(Credentials { topics, pinned, http: HttpAuth::from_config(cfg)? })
@@ -815,7 +820,7 @@ mod tests {
             let mut cfg = config("ses");
             cfg.topic_arns = vec![TOPIC.into()];
             f(&mut cfg);
-            Credentials::from_config(&cfg).expect_err("refused")
+            Credentials::from_config(&cfg).expect_err("refused").to_string()
         };
         assert!(err(&|c| c.topic_arns.clear()).starts_with("topic_arns: "));
         assert!(err(&|c| c.topic_arns = vec!["ses-events".into()]).starts_with("topic_arns: "));

@@ -14,36 +14,23 @@
 
 use serde_json::Value;
 
-use super::common::{self, HttpAuth, json_seconds_to_ms, key_from_id, key_from_parts, rfc3339_to_ms, str_field};
-use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use super::common::{self, Unsigned, json_seconds_to_ms, key_from_id, key_from_parts, rfc3339_to_ms, str_field};
+use super::{Batch, Callback, CallbackRequest, ParseContext, ParseError, Parsed};
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::{EventKind, Reason, Status};
 
 /// Configuration fields a SparkPost source uses.
 pub const ACCEPTS: &[&str] = &["username", "password", "bearer_token", "header_name", "header_value"];
 
-/// A SparkPost source's HTTP credentials.
-#[derive(Debug)]
-pub struct Credentials {
-    http: HttpAuth,
-}
-
-impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
-        let http = HttpAuth::required(cfg, || {
-            "username/password: SparkPost does not sign its webhooks, so a SparkPost source needs \
-             the credentials its webhook sends: set the webhook's Basic auth (username/password \
-             here) or its OAuth/bearer token (bearer_token), or a secret custom header \
-             (header_name/header_value)"
-                .into()
-        })?;
-        Ok(Credentials { http })
-    }
-}
-
-/// Checks the configured HTTP credentials.
-pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, _now: i64) -> Result<(), VerifyError> {
-    creds.http.check(req.headers)
+/// The credentials every SparkPost callback must carry: see [`common::Unsigned`].
+pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
+    Unsigned::from_config(
+        cfg,
+        "username/password",
+        "SparkPost does not sign its webhooks, so a SparkPost source needs the credentials its \
+         webhook sends: set the webhook's Basic auth (username/password here) or its OAuth/bearer token \
+         (bearer_token), or a secret custom header (header_name/header_value)",
+    )
 }
 
 /// Parses a batch into one event per element (pings and inbound relay
@@ -170,6 +157,7 @@ fn parse_event(class: &str, data: &Value, ctx: &ParseContext, received_at: i64) 
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::VerifyError;
     use axum::http::HeaderMap;
     use base64::Engine;
     use proptest::prelude::*;
@@ -184,11 +172,11 @@ mod tests {
     const URL: &str = "https://hooks.example.com/callbacks/sparkpost";
     const RECEIVED: i64 = 1_234_567_890_123;
 
-    fn basic_creds() -> Credentials {
+    fn basic_creds() -> Unsigned {
         let mut cfg = config("sparkpost");
         cfg.username = Some("hooks".into());
         cfg.password = Some(Secret::new("long-random-secret"));
-        Credentials::from_config(&cfg).expect("valid")
+        credentials(&cfg).expect("valid")
     }
 
     fn basic(user: &str, pass: &str) -> HeaderMap {
@@ -198,20 +186,20 @@ mod tests {
 
     #[test]
     fn a_source_needs_credentials() {
-        let err = Credentials::from_config(&config("sparkpost")).expect_err("refused");
-        assert!(err.starts_with("username/password: "), "{err}");
-        assert!(err.contains("Basic auth") && err.contains("bearer"), "{err}");
+        let err = credentials(&config("sparkpost")).expect_err("refused");
+        assert!(err.to_string().starts_with("username/password: "), "{err}");
+        assert!(err.to_string().contains("Basic auth") && err.to_string().contains("bearer"), "{err}");
         let mut cfg = config("sparkpost");
         cfg.bearer_token = Some(Secret::new("tok"));
-        assert!(Credentials::from_config(&cfg).is_ok());
+        assert!(credentials(&cfg).is_ok());
         let mut cfg = config("sparkpost");
         cfg.header_name = Some("X-Hook-Secret".into());
         cfg.header_value = Some(Secret::new("v"));
-        assert!(Credentials::from_config(&cfg).is_ok());
+        assert!(credentials(&cfg).is_ok());
         // Empty values count as unset.
         let mut cfg = config("sparkpost");
         cfg.bearer_token = Some(Secret::new(""));
-        assert!(Credentials::from_config(&cfg).is_err());
+        assert!(credentials(&cfg).is_err());
         let debug = format!("{:?}", basic_creds());
         assert!(!debug.contains("long-random-secret"), "{debug}");
     }
@@ -220,7 +208,7 @@ mod tests {
     fn verify_checks_the_webhook_credentials() {
         let body = fixture("sparkpost", "delivery.json");
         let c = basic_creds();
-        let check = |h: &HeaderMap| verify(&post(URL, h, &body, 0), &c, 0);
+        let check = |h: &HeaderMap| c.verify(&post(URL, h, &body, 0));
         assert_eq!(check(&basic("hooks", "long-random-secret")), Ok(()));
         assert_eq!(check(&basic("hooks", "wrong")), Err(VerifyError::BadCredentials));
         assert_eq!(check(&basic("other", "long-random-secret")), Err(VerifyError::BadCredentials));
@@ -232,10 +220,10 @@ mod tests {
 
         let mut cfg = config("sparkpost");
         cfg.bearer_token = Some(Secret::new("oauth-token"));
-        let bearer = Credentials::from_config(&cfg).expect("valid");
-        assert_eq!(verify(&post(URL, &headers("Authorization: Bearer oauth-token"), &body, 0), &bearer, 0), Ok(()));
+        let bearer = credentials(&cfg).expect("valid");
+        assert_eq!(bearer.verify(&post(URL, &headers("Authorization: Bearer oauth-token"), &body, 0)), Ok(()));
         assert_eq!(
-            verify(&post(URL, &headers("Authorization: Bearer other"), &body, 0), &bearer, 0),
+            bearer.verify(&post(URL, &headers("Authorization: Bearer other"), &body, 0)),
             Err(VerifyError::BadCredentials)
         );
     }
@@ -469,7 +457,7 @@ mod tests {
         ])) {
             let h = basic("hooks", "long-random-secret");
             let req = post(URL, &h, &body, 0);
-            prop_assert_eq!(verify(&req, &basic_creds(), 0), Ok(()));
+            prop_assert_eq!(basic_creds().verify(&req), Ok(()));
             let _ = parse(&req, &context("sparkpost"));
         }
     }

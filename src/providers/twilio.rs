@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 
 use super::common::{self, HttpAuth, ct_eq, key_from_parts};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -66,10 +66,13 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         let tokens: Vec<Secret> = cfg.secrets.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
         if tokens.is_empty() {
-            return Err("secrets: a Twilio source needs the account's auth token (two during a rotation)".into());
+            return Err(FieldError::new(
+                "secrets",
+                "a Twilio source needs the account's auth token (two during a rotation)",
+            ));
         }
         Ok(Credentials { tokens, http: HttpAuth::from_config(cfg)? })
     }
@@ -591,7 +594,7 @@ mod tests {
     #[test]
     fn the_source_needs_a_token() {
         let err = Credentials::from_config(&config("twilio")).expect_err("refused");
-        assert!(err.starts_with("secrets: "), "{err}");
+        assert!(err.to_string().starts_with("secrets: "), "{err}");
     }
 
     proptest! {

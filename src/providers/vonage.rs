@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 
 use super::common::{self, check_window, ct_eq, key_from_parts, str_field};
 use super::{Callback, CallbackRequest, ParseContext, ParseError, Parsed, VerifyError};
-use crate::config::SourceConfig;
+use crate::config::{FieldError, SourceConfig};
 use crate::domain::Secret;
 use crate::domain::{EventKind, Reason, Status};
 
@@ -118,15 +118,19 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(cfg: &SourceConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &SourceConfig) -> Result<Self, FieldError> {
         let secrets: Vec<Secret> = cfg.secrets.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
         if secrets.is_empty() {
-            return Err("secrets: a Vonage source needs the account's signature secret (signed webhooks)".into());
+            return Err(FieldError::new(
+                "secrets",
+                "a Vonage source needs the account's signature secret (signed webhooks)",
+            ));
         }
         let method = match &cfg.signature_method {
             None => SignatureMethod::Md5Hash,
-            Some(m) => SignatureMethod::parse(m)
-                .ok_or_else(|| format!("signature_method: `{m}` is not one of md5hash, md5, sha1, sha256, sha512"))?,
+            Some(m) => SignatureMethod::parse(m).ok_or_else(|| {
+                FieldError::new("signature_method", format!("`{m}` is not one of md5hash, md5, sha1, sha256, sha512"))
+            })?,
         };
         Ok(Credentials { secrets, method, tolerance: cfg.tolerance_seconds.unwrap_or(DEFAULT_TOLERANCE_SECONDS) })
     }
@@ -800,12 +804,12 @@ mod tests {
     #[test]
     fn configuration() {
         let err = Credentials::from_config(&config("vonage")).expect_err("no secret");
-        assert!(err.starts_with("secrets: "), "{err}");
+        assert!(err.to_string().starts_with("secrets: "), "{err}");
         let mut cfg = config("vonage");
         cfg.secrets = vec![Secret::new("s3cret-value")];
         cfg.signature_method = Some("sha384".into());
         let err = Credentials::from_config(&cfg).expect_err("bad method");
-        assert!(err.starts_with("signature_method: "), "{err}");
+        assert!(err.to_string().starts_with("signature_method: "), "{err}");
         cfg.signature_method = Some("SHA256".into());
         let c = Credentials::from_config(&cfg).expect("valid");
         assert_eq!(c.method, SignatureMethod::Sha256);

@@ -51,6 +51,22 @@ impl StoreError {
     }
 }
 
+/// This process's delivery worker, as the batch writer sees it. New outbox
+/// rows are inserted leased to the worker, so that a first attempt needs no
+/// separate claim, and handed over once committed; while the worker has no
+/// room they are inserted unleased, and any process claims them later.
+pub trait Handoff: std::fmt::Debug + Send + Sync {
+    /// The lease to insert new deliveries under, starting `now`; `None`
+    /// while the worker has no room (insert them unleased).
+    fn lease(&self, now: i64) -> Option<Lease>;
+
+    /// Deliveries committed under [`Handoff::lease`], to attempt now.
+    fn take(&self, jobs: Vec<Job>);
+
+    /// Deliveries were committed unleased: claim them as soon as there is room.
+    fn committed_unleased(&self);
+}
+
 /// What a committed batch produced.
 #[derive(Debug, Default)]
 pub struct BatchResult {
