@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::{Config, redact_url};
+use crate::config::{Config, ConfigError, redact_url};
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::ssrf::AddressPolicy;
 use crate::domain::{ApiKeyRecord, Scopes};
@@ -21,6 +21,22 @@ use crate::http::{self, AppState};
 use crate::ingest::{BatchWriter, Ingest};
 use crate::store::{self, Store};
 use crate::telemetry;
+
+/// What [`check`] builds from a configuration that holds together.
+#[derive(Debug)]
+pub struct Checked {
+    pub sources: Vec<crate::providers::Source>,
+}
+
+/// Checks what [`Config::load`] cannot alone: each source's credentials
+/// (through its provider) and the configured tracking keys. `serve` and
+/// `check-config` both run it, so a configuration that checks is one that
+/// starts.
+pub fn check(config: &Config) -> Result<Checked, ConfigError> {
+    let sources = crate::providers::sources(&config.sources)?;
+    crate::tracking::check_keys(&config.tracking.keys)?;
+    Ok(Checked { sources })
+}
 
 /// A built, bound, not yet running hookrelay.
 #[derive(Debug)]
@@ -45,14 +61,14 @@ impl Application {
         let store = store::open(&config.database)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
-        let sources = crate::providers::sources(&config.sources)?;
+        let Checked { sources } = check(&config)?;
         let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
         let (dispatcher, handoff, delivery) =
             Dispatcher::new(store.clone(), &config.delivery).map_err(|e| anyhow::anyhow!("delivery: {e}"))?;
         if config.delivery.enabled {
             writer = writer.with_handoff(handoff);
         }
-        let address_policy = AddressPolicy::new(&config.delivery.allow_cidrs).map_err(|e| anyhow::anyhow!(e))?;
+        let address_policy = AddressPolicy::new(&config.delivery.allow_cidrs);
         let listener = TcpListener::bind(config.listen_addr())
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -123,6 +123,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(command, Command::Serve | Command::CheckConfig)
+        && let Err(e) = hookrelay::app::check(&config)
+    {
+        eprintln!("hookrelay: {e}");
+        return ExitCode::from(2);
+    }
     telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -338,7 +338,7 @@ impl Dispatcher {
         config: &DeliveryConfig,
     ) -> Result<(Dispatcher, Arc<dyn Handoff>, DeliveryHandle), String> {
         let settings = Settings::from_config(config);
-        let policy = AddressPolicy::new(&config.allow_cidrs)?;
+        let policy = AddressPolicy::new(&config.allow_cidrs);
         let client = Client::new(
             policy,
             Duration::from_millis(config.connect_timeout_ms),

@@ -1,4 +1,10 @@
-//! Host names as the DNS can resolve them. Pure.
+//! Host names as the DNS can resolve them, and networks as operators write
+//! them. Pure.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnet::IpNet;
 
 /// Whether `host` (as a URL parser leaves it: lower case, IDNA-encoded) is a
 /// name the DNS can hold: dot-separated labels of 1 to 63 letters, digits,
@@ -19,9 +25,66 @@ pub fn is_dns_name(host: &str) -> bool {
         })
 }
 
+/// A network in CIDR notation (`10.0.0.0/8`, `127.0.0.1/32`, `::1/128`),
+/// checked where it is read: a configuration naming a bad one does not load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr(IpNet);
+
+impl Cidr {
+    pub fn net(&self) -> IpNet {
+        self.0
+    }
+}
+
+/// Why a text is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a CIDR (like 10.0.0.0/8)")]
+pub struct CidrError(String);
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let shown: String = text.chars().take(64).collect();
+        text.trim().parse::<IpNet>().map(Cidr).map_err(|_| CidrError(shown))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_in_cidr_notation() {
+        let net: Cidr = " 10.0.0.0/8 ".parse().expect("cidr");
+        assert_eq!(net.to_string(), "10.0.0.0/8");
+        assert_eq!("::1/128".parse::<Cidr>().expect("v6").to_string(), "::1/128");
+        let err = "10.0.0.0".parse::<Cidr>().expect_err("no prefix");
+        assert_eq!(err.to_string(), "`10.0.0.0` is not a CIDR (like 10.0.0.0/8)");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        let parsed: Vec<Cidr> = serde_json::from_str(r#"["127.0.0.1/32"]"#).expect("serde");
+        assert_eq!(serde_json::to_string(&parsed).expect("json"), r#"["127.0.0.1/32"]"#);
+        assert!(serde_json::from_str::<Vec<Cidr>>(r#"["localhost"]"#).is_err());
+    }
 
     #[test]
     fn names_the_dns_can_hold() {

@@ -18,7 +18,7 @@ pub mod token;
 
 use serde_json::Value;
 
-use crate::config::TrackingConfig;
+use crate::config::{ConfigError, FieldError, TrackingConfig, TrackingKey};
 use crate::domain::event::hashed_dedupe_key;
 use crate::domain::{MessageId, NormalizedEvent, Status, Target};
 use crate::plan::Command;
@@ -80,6 +80,27 @@ pub struct HitRequest<'a> {
     pub user_agent: Option<&'a str>,
     /// When the request arrived, epoch ms.
     pub now: i64,
+}
+
+/// Checks configured tracking keys, naming the one at fault
+/// (`tracking.keys[1].secret`): ids are valid and distinct, secrets long
+/// enough to sign with.
+pub fn check_keys(keys: &[TrackingKey]) -> Result<(), ConfigError> {
+    for (i, key) in keys.iter().enumerate() {
+        let part = format!("tracking.keys[{i}]");
+        if !token::valid_key_id(&key.id) {
+            return Err(FieldError::new("id", token::KeyError::BadId.to_string()).at(&part));
+        }
+        if keys[..i].iter().any(|k| k.id == key.id) {
+            return Err(FieldError::new("id", format!("`{}` is used by another key", key.id)).at(&part));
+        }
+        if key.secret.expose().len() < token::MIN_SECRET_LEN {
+            let message =
+                format!("must be at least {} characters (e.g. `openssl rand -base64 32`)", token::MIN_SECRET_LEN);
+            return Err(FieldError::new("secret", message).at(&part));
+        }
+    }
+    Ok(())
 }
 
 impl Tracking {
@@ -411,5 +432,20 @@ mod tests {
         assert_eq!(&PIXEL_GIF[..6], b"GIF89a");
         assert_eq!((PIXEL_GIF[6], PIXEL_GIF[8]), (1, 1), "width and height");
         assert_eq!(PIXEL_GIF.last(), Some(&0x3b), "trailer");
+    }
+
+    #[test]
+    fn configured_keys_are_checked_by_name() {
+        let key = |id: &str, secret: &str| TrackingKey { id: id.into(), secret: crate::domain::Secret::new(secret) };
+        let good = "0123456789abcdef0123456789abcdef";
+        assert!(check_keys(&[key("k2", good), key("k1", good)]).is_ok());
+        for (keys, at) in [
+            (vec![key("k1", "short")], "tracking.keys[0].secret"),
+            (vec![key("k 1", good)], "tracking.keys[0].id"),
+            (vec![key("k1", good), key("k1", good)], "tracking.keys[1].id"),
+        ] {
+            let err = check_keys(&keys).expect_err(at).to_string();
+            assert!(err.contains(at), "{at}: {err}");
+        }
     }
 }

@@ -144,7 +144,7 @@ impl Drop for Subscriber {
 
 /// hookrelay allowed to deliver to loopback, and a Python subscriber.
 async fn spawn(backend: Backend) -> Option<(TestApp, Subscriber)> {
-    let app = spawn_app_with(backend, |c| c.delivery.allow_cidrs = vec!["127.0.0.1/32".into()]).await?;
+    let app = spawn_app_with(backend, |c| c.delivery.allow_cidrs = vec!["127.0.0.1/32".parse().expect("cidr")]).await?;
     let subscriber = Subscriber::start().await?;
     Some((app, subscriber))
 }

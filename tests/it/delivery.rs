@@ -45,7 +45,7 @@ backend_tests!(
 
 /// Delivery settings for tests: loopback allowed, quick retries, no jitter.
 fn fast(c: &mut Config) {
-    c.delivery.allow_cidrs = vec!["127.0.0.1/32".into()];
+    c.delivery.allow_cidrs = vec!["127.0.0.1/32".parse().expect("cidr")];
     c.delivery.retry_schedule_seconds = vec![0.0, 0.0, 0.0];
     c.delivery.jitter = 0.0;
     c.delivery.poll_interval_ms = 200;
@@ -54,7 +54,7 @@ fn fast(c: &mut Config) {
 /// An application whose own worker is off, and a worker the test drives.
 async fn driven(backend: Backend, schedule: Vec<f64>) -> Option<(TestApp, Dispatcher)> {
     let delivery = DeliveryConfig {
-        allow_cidrs: vec!["127.0.0.1/32".into()],
+        allow_cidrs: vec!["127.0.0.1/32".parse().expect("cidr")],
         retry_schedule_seconds: schedule,
         jitter: 0.0,
         ..DeliveryConfig::default()
@@ -527,7 +527,9 @@ async fn an_expired_lease_is_taken_over(backend: Backend) {
 }
 
 async fn subscription_settings_are_checked(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |c| c.delivery.allow_cidrs = vec!["127.0.0.1/32".into()]).await else {
+    let Some(app) =
+        spawn_app_with(backend, |c| c.delivery.allow_cidrs = vec!["127.0.0.1/32".parse().expect("cidr")]).await
+    else {
         return;
     };
     for (body, mention) in [
@@ -620,7 +622,7 @@ async fn requests_to_private_addresses_are_refused_at_connect_time() {
     }
     sink.assert_quiet(Duration::from_millis(200)).await;
     let open = Client::new(
-        AddressPolicy::new(&["127.0.0.1/32".into()]).expect("cidr"),
+        AddressPolicy::new(&["127.0.0.1/32".parse().expect("cidr")]),
         Duration::from_secs(2),
         Duration::from_secs(5),
         4,
@@ -634,7 +636,7 @@ async fn requests_to_private_addresses_are_refused_at_connect_time() {
 async fn the_client_reports_what_happened() {
     hookrelay::net::install_crypto_provider();
     let sink = Sink::start().await;
-    let policy = || AddressPolicy::new(&["127.0.0.1/32".into()]).expect("cidr");
+    let policy = || AddressPolicy::new(&["127.0.0.1/32".parse().expect("cidr")]);
     let client = Client::new(policy(), Duration::from_secs(2), Duration::from_millis(500), 4);
     let post = |path: &str| {
         let url = sink.url(path);
@@ -728,7 +730,7 @@ async fn shutdown_finishes_attempts_and_releases_the_rest(backend: Backend) {
 
 async fn a_subscription_failing_too_long_is_disabled(backend: Backend) {
     let delivery = DeliveryConfig {
-        allow_cidrs: vec!["127.0.0.1/32".into()],
+        allow_cidrs: vec!["127.0.0.1/32".parse().expect("cidr")],
         retry_schedule_seconds: vec![0.0, 0.0],
         jitter: 0.0,
         disable_after_failing_seconds: 0,

@@ -11,6 +11,7 @@ mod callbacks_ses;
 mod callbacks_sparkpost;
 mod callbacks_twilio;
 mod callbacks_vonage;
+mod cli;
 mod consumer;
 mod delivery;
 mod helpers;

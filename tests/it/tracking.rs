@@ -457,7 +457,7 @@ async fn sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
 async fn subscribers_hear_about_clicks(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |c| {
         tracked(c);
-        c.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
+        c.delivery.allow_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
     })
     .await
     else {
