@@ -63,8 +63,7 @@ impl Application {
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
         let Checked { sources } = check(&config)?;
         let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
-        let (dispatcher, handoff, delivery) =
-            Dispatcher::new(store.clone(), &config.delivery).map_err(|e| anyhow::anyhow!("delivery: {e}"))?;
+        let (dispatcher, handoff, delivery) = Dispatcher::new(store.clone(), &config.delivery);
         if config.delivery.enabled {
             writer = writer.with_handoff(handoff);
         }

@@ -21,29 +21,32 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::{Attempt, Next, RetryPolicy, classify_status};
+use super::attempt::{Done, attempt};
+use super::backoff::RetryPolicy;
 use super::client::Client;
+use super::handoff::{DeliveryHandle, WriterHandoff};
+use super::rate::Bucket;
+use super::recorder::{Record, flush, record};
 use super::ssrf::AddressPolicy;
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
-use crate::domain::outbox::{AttemptRecord, DeliveryState, Health, Job, Lease, Recorded};
-use crate::domain::signing;
+use crate::domain::SubscriptionId;
+use crate::domain::outbox::{Health, Job, Lease};
 use crate::domain::subscription::Subscription;
-use crate::domain::{DeliveryId, SubscriptionId};
 use crate::store::{Claim, Handoff, Store};
 
 /// Margin kept between a lease's end and the end of an attempt started under it.
 const LEASE_MARGIN_MS: i64 = 5_000;
 /// How often the subscription cache is reloaded even without a change signal.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-/// Outcomes written per transaction at most.
-const RECORD_BATCH: usize = 1_000;
 
 /// Settings derived from the configuration.
 #[derive(Debug, Clone)]
@@ -86,155 +89,6 @@ impl Settings {
     }
 }
 
-/// What the rest of hookrelay may ask of the worker. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct DeliveryHandle {
-    wake: Arc<Notify>,
-    changed: Arc<Notify>,
-    client: Client,
-    policy: RetryPolicy,
-    worker: String,
-    lease: Duration,
-}
-
-impl DeliveryHandle {
-    /// New deliveries were committed in this process outside the ingest path.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// A subscription was created, changed or deleted.
-    pub fn subscriptions_changed(&self) {
-        self.changed.notify_one();
-    }
-
-    /// This process's name as a lease holder.
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
-    /// A lease held by this process, starting now.
-    pub fn lease(&self) -> Lease {
-        Lease { worker: self.worker.clone(), until: now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(60_000) }
-    }
-
-    /// One attempt now, outside the queue (test pings). A retryable failure
-    /// ends the delivery as failed: pings are not retried.
-    pub async fn attempt_once(&self, subscription: &Subscription, job: Job) -> Recorded {
-        let mut recorded = attempt(&self.client, &self.policy, subscription, &job).await.recorded;
-        if recorded.state == DeliveryState::Pending {
-            recorded.state = DeliveryState::Failed;
-            recorded.next_attempt_at = None;
-        }
-        recorded
-    }
-}
-
-/// The outcome of one attempt, for the scheduler and the recorder.
-struct Done {
-    recorded: Recorded,
-    health: Health,
-}
-
-/// Sends one attempt and decides what comes of the delivery.
-async fn attempt(client: &Client, policy: &RetryPolicy, sub: &Subscription, job: &Job) -> Done {
-    let started_at = now_ms();
-    let signature =
-        signing::headers(sub.scheme, &sub.signing_secrets(started_at), job.id.as_str(), started_at, &job.payload);
-    let headers: Vec<(&str, &str)> = sub
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .chain(signature.iter().map(|(n, v)| (*n, v.as_str())))
-        .collect();
-    let response = client.post(&sub.url, &headers, job.payload.clone(), started_at).await;
-    let verdict = match response.status {
-        Some(status) => classify_status(status, response.retry_after),
-        None => Attempt::Retryable { retry_after: None },
-    };
-    let attempts = job.attempts + 1;
-    let (state, next_attempt_at) = match policy.next(verdict, attempts, now_ms(), fastrand::f64()) {
-        Next::Succeeded => (DeliveryState::Succeeded, None),
-        Next::RetryAt(at) => (DeliveryState::Pending, Some(at)),
-        Next::Failed => (DeliveryState::Failed, None),
-        Next::Dead => (DeliveryState::Dead, None),
-    };
-    let health = match verdict {
-        Attempt::Success => Health::Succeeded,
-        Attempt::Gone => Health::Gone,
-        Attempt::Retryable { .. } | Attempt::Permanent => Health::Failed,
-    };
-    let latency = response.latency.as_secs_f64();
-    metrics::histogram!("hookrelay_delivery_attempt_seconds").record(latency);
-    let outcome = match state {
-        DeliveryState::Succeeded => "succeeded",
-        DeliveryState::Pending => "retry_scheduled",
-        DeliveryState::Failed => "failed",
-        DeliveryState::Dead => "dead",
-    };
-    metrics::counter!("hookrelay_deliveries_total", "outcome" => outcome).increment(1);
-    if state != DeliveryState::Succeeded {
-        tracing::debug!(
-            delivery.id = %job.id, subscription.id = %sub.id, attempt = attempts, status = ?response.status,
-            error = response.error.as_deref().unwrap_or(""), "delivery attempt failed"
-        );
-    }
-    Done {
-        health,
-        recorded: Recorded {
-            id: job.id.clone(),
-            subscription_id: sub.id.clone(),
-            lease_until: job.lease_until,
-            state,
-            attempts,
-            next_attempt_at,
-            attempt: AttemptRecord {
-                attempt: attempts,
-                started_at,
-                latency_ms: i64::try_from(response.latency.as_millis()).unwrap_or(i64::MAX),
-                status_code: response.status,
-                error: response.error,
-                response_excerpt: response.excerpt,
-            },
-        },
-    }
-}
-
-/// A token bucket: `rate` per second, bursts of one second's worth.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
-        Bucket { rate, tokens: rate, last: Instant::now() }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-    }
-
-    fn try_take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// When the next token is there.
-    fn next_token(&self) -> Instant {
-        self.last + Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
-    }
-}
-
 /// One subscription's local work.
 #[derive(Debug, Default)]
 struct Lane {
@@ -243,13 +97,6 @@ struct Lane {
     bucket: Option<Bucket>,
     /// Whether it is in the round-robin order.
     scheduled: bool,
-}
-
-/// Records going to the recorder task.
-enum Record {
-    Attempt(Box<Recorded>, Health),
-    /// A job given back unattempted, with the lease it held.
-    Release(DeliveryId, i64),
 }
 
 /// The worker. Build with [`Dispatcher::new`], then [`Dispatcher::run`].
@@ -293,50 +140,13 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-/// The batch writer's way in: committed deliveries leased to this process
-/// arrive on a channel while the worker accepts them.
-#[derive(Debug)]
-struct WriterHandoff {
-    tx: mpsc::Sender<Vec<Job>>,
-    accepting: Arc<AtomicBool>,
-    /// Wakes the worker to claim what was inserted unleased.
-    wake: Arc<Notify>,
-    worker: String,
-    lease: Duration,
-}
-
-impl Handoff for WriterHandoff {
-    fn lease(&self, now: i64) -> Option<Lease> {
-        self.accepting.load(Ordering::Relaxed).then(|| Lease {
-            worker: self.worker.clone(),
-            until: now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2),
-        })
-    }
-
-    fn take(&self, jobs: Vec<Job>) {
-        if !jobs.is_empty() && self.tx.try_send(jobs).is_err() {
-            // They stay leased; when the lease expires any process claims them.
-            tracing::warn!(
-                "the delivery worker did not take committed deliveries; they wait for their lease to expire"
-            );
-        }
-    }
-
-    fn committed_unleased(&self) {
-        self.wake.notify_one();
-    }
-}
-
 /// Deliveries queued in memory beyond which committed work is left for
 /// claims rather than handed off (each holds its payload, about 1 KB).
 const HANDOFF_QUEUE_LIMIT: usize = 8_192;
 
 impl Dispatcher {
     /// The worker, the ingest writer's hand-off into it, and a handle for the API.
-    pub fn new(
-        store: Arc<dyn Store>,
-        config: &DeliveryConfig,
-    ) -> Result<(Dispatcher, Arc<dyn Handoff>, DeliveryHandle), String> {
+    pub fn new(store: Arc<dyn Store>, config: &DeliveryConfig) -> (Dispatcher, Arc<dyn Handoff>, DeliveryHandle) {
         let settings = Settings::from_config(config);
         let policy = AddressPolicy::new(&config.allow_cidrs);
         let client = Client::new(
@@ -386,7 +196,7 @@ impl Dispatcher {
             running: HashMap::new(),
             held_back: None,
         };
-        Ok((dispatcher, handoff, handle))
+        (dispatcher, handoff, handle)
     }
 
     /// Runs until `shutdown`: then stops claiming, lets attempts in flight
@@ -414,7 +224,7 @@ impl Dispatcher {
         // The poll is a fixed deadline, moved only when it fires: activity
         // (attempts ending, hand-offs) must never postpone it, or due retries
         // would wait for a quiet moment.
-        let mut next_poll = tokio::time::Instant::now() + self.settings.poll;
+        let mut next_poll = Instant::now() + self.settings.poll;
         loop {
             if claim_due {
                 claim_due = self.claim(&record_tx).await;
@@ -427,7 +237,7 @@ impl Dispatcher {
                 .store(self.queued < HANDOFF_QUEUE_LIMIT.max(self.settings.concurrency * 4), Ordering::Relaxed);
             metrics::gauge!("hookrelay_delivery_in_flight").set(self.in_flight as f64);
             metrics::gauge!("hookrelay_delivery_local_queue").set(self.queued as f64);
-            let token = self.next_token().map(tokio::time::Instant::from_std);
+            let token = self.next_token();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -449,7 +259,7 @@ impl Dispatcher {
                 () = tokio::time::sleep_until(token.unwrap_or(next_poll)), if token.is_some_and(|t| t < next_poll) => {}
                 () = tokio::time::sleep_until(next_poll) => {
                     claim_due = true;
-                    next_poll = tokio::time::Instant::now() + self.settings.poll;
+                    next_poll = Instant::now() + self.settings.poll;
                     if last_refresh.elapsed() >= REFRESH_EVERY {
                         self.refresh().await;
                         last_refresh = Instant::now();
@@ -472,7 +282,7 @@ impl Dispatcher {
                 let _ = record_tx.send(Record::Release(job.id, job.lease_until));
             }
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = Instant::now() + grace;
         while !self.attempts.is_empty() {
             match tokio::time::timeout_at(deadline, self.attempts.join_next_with_id()).await {
                 Ok(Some(joined)) => self.joined(joined, &record_tx),
@@ -756,68 +566,6 @@ impl Dispatcher {
     }
 }
 
-/// Writes outcomes in batches until the channel closes.
-async fn record(
-    store: Arc<dyn Store>,
-    worker: String,
-    disable_after: i64,
-    mut rx: mpsc::UnboundedReceiver<Record>,
-    changed: Arc<Notify>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        flush(&store, &worker, disable_after, batch, &changed).await;
-    }
-}
-
-async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, batch: Vec<Record>, changed: &Notify) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut records = Vec::new();
-    let mut released = Vec::new();
-    let mut health = Vec::new();
-    for r in batch {
-        match r {
-            Record::Attempt(recorded, h) => {
-                health.push((recorded.subscription_id.clone(), h));
-                records.push(*recorded);
-            }
-            Record::Release(id, lease) => released.push((id, lease)),
-        }
-    }
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1..=10 {
-        match store.record_attempts(worker, now_ms(), &records, &released, &health, disable_after).await {
-            Ok(disabled) => {
-                metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "delivery_outcomes").increment(1);
-                for d in &disabled {
-                    tracing::warn!(subscription.id = %d.subscription_id, reason = %d.reason, "subscription disabled");
-                    metrics::counter!("hookrelay_subscriptions_disabled_total").increment(1);
-                }
-                if !disabled.is_empty() {
-                    changed.notify_one();
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "cannot record delivery outcomes; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    // The leases expire and the deliveries are attempted again: at least
-    // once, never lost.
-    tracing::error!(outcomes = records.len(), "gave up recording delivery outcomes; they will be retried");
-}
-
 /// Publishes the outbox size and the age of its oldest due delivery.
 async fn report_stats(store: Arc<dyn Store>, stop: CancellationToken) {
     loop {
@@ -830,22 +578,5 @@ async fn report_stats(store: Arc<dyn Store>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_refill_at_their_rate() {
-        let mut b = Bucket::new(2);
-        let t0 = b.last;
-        assert!(b.try_take(t0));
-        assert!(b.try_take(t0));
-        assert!(!b.try_take(t0), "the burst is one second's worth");
-        assert!(b.next_token() <= t0 + Duration::from_millis(500));
-        assert!(b.try_take(t0 + Duration::from_millis(500)));
-        assert!(!b.try_take(t0 + Duration::from_millis(600)));
     }
 }

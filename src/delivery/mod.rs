@@ -4,13 +4,20 @@
 //!   address policy, subscription settings); signatures are
 //!   [`crate::domain::signing`]'s.
 //! - [`client`]: the HTTP client, whose resolver applies the address policy.
-//! - [`dispatcher`]: claims due deliveries (or takes them straight from the
-//!   ingest writer), sends them within per-subscription limits, and records
-//!   outcomes in batches.
+//! - [`dispatcher`]: the scheduler. Claims due deliveries (or takes them
+//!   straight from the ingest writer through [`handoff`]) and starts
+//!   [`attempt`]s within per-subscription limits ([`rate`]); [`recorder`]
+//!   writes their outcomes in batches.
+//! - [`verify`]: what a subscriber runs to check a signature
+//!   (`hookrelay verify`).
 
+pub mod attempt;
 pub mod backoff;
 pub mod client;
 pub mod dispatcher;
+pub mod handoff;
+pub mod rate;
+pub mod recorder;
 pub mod ssrf;
 pub mod subscription;
 pub mod verify;

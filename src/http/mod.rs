@@ -46,7 +46,7 @@ pub struct AppState {
     pub callbacks: callbacks::Callbacks,
     /// The delivery worker (or, in an API-only process, a handle that only
     /// signals other processes through the database).
-    pub delivery: crate::delivery::dispatcher::DeliveryHandle,
+    pub delivery: crate::delivery::handoff::DeliveryHandle,
     /// Where subscriber URLs may point.
     pub address_policy: crate::delivery::ssrf::AddressPolicy,
     /// Open and click tracking: keys, public URL, machine-hit rules.

@@ -64,7 +64,7 @@ async fn driven(backend: Backend, schedule: Vec<f64>) -> Option<(TestApp, Dispat
         c.delivery.enabled = false;
     })
     .await?;
-    let (worker, _, _) = Dispatcher::new(app.store.clone(), &delivery).expect("worker");
+    let (worker, _, _) = Dispatcher::new(app.store.clone(), &delivery);
     Some((app, worker))
 }
 
@@ -744,7 +744,7 @@ async fn a_subscription_failing_too_long_is_disabled(backend: Backend) {
     else {
         return;
     };
-    let (mut worker, _, _) = Dispatcher::new(app.store.clone(), &delivery).expect("worker");
+    let (mut worker, _, _) = Dispatcher::new(app.store.clone(), &delivery);
     let sink = Sink::start().await;
     sink.script([Reply::Status(500)]);
     let (sub, _) = subscribe(&app, json!({"url": sink.url("/")})).await;

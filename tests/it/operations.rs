@@ -102,8 +102,7 @@ async fn a_first_start_that_cannot_listen_keeps_no_key(backend: Backend) {
 async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppState>, hookrelay::ingest::BatchWriter) {
     let config = IngestConfig { queue_capacity, retry_after_seconds: 7, ..IngestConfig::default() };
     let (ingest, writer) = Ingest::new(store.clone(), &config);
-    let (_, _, delivery) =
-        hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default()).expect("dispatcher");
+    let (_, _, delivery) = hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default());
     let keys = Arc::new(ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await);
     let state = Arc::new(AppState {
         store,

@@ -493,8 +493,7 @@ async fn overload_never_blocks_a_hit() {
     let store = hookrelay::store::open(&test_config(&db).database).await.expect("store");
     let ingest_config = IngestConfig { queue_capacity: 1, ..IngestConfig::default() };
     let (ingest, mut writer) = Ingest::new(store.clone(), &ingest_config);
-    let (_, _, delivery) =
-        hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default()).expect("dispatcher");
+    let (_, _, delivery) = hookrelay::delivery::dispatcher::Dispatcher::new(store.clone(), &Default::default());
     let tracking_config = hookrelay::config::TrackingConfig {
         keys: vec![key("k1", K1)],
         scanner_window_seconds: 0,
