@@ -1,5 +1,5 @@
 //! Rows as the stores read and write them, for both drivers: the column
-//! lists, the decoding of a row (through [`RowLike`], whichever driver
+//! lists, the decoding of a row (through `RowLike`, whichever driver
 //! produced it) and the flattening of a record into column values.
 
 use serde_json::{Map, Value};

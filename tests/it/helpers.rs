@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Once;
-use std::time::Duration;
 
 use hookrelay::domain::Secret;
+use hookrelay::scratch::{self, Schema, ScratchDb};
 use hookrelay::{Application, Config};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -24,179 +24,89 @@ pub enum Backend {
     Postgres,
 }
 
-/// A fresh database for one test; dropped (PostgreSQL) or deleted (SQLite)
-/// when the test ends.
-pub enum TestDb {
-    Sqlite { dir: tempfile::TempDir },
-    Postgres { admin_url: String, name: String, url: String },
-}
+/// A fresh database for one test ([`ScratchDb`]): the file is deleted, or
+/// the database dropped, when the test ends.
+#[derive(Debug)]
+pub struct TestDb(ScratchDb);
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Option<TestDb> {
-        match backend {
-            Backend::Sqlite => Some(TestDb::Sqlite { dir: tempfile::tempdir().expect("temp dir") }),
-            Backend::Postgres => postgres_db(true).await,
-        }
+        TestDb::create(backend, Schema::Migrated).await
     }
 
     /// A database with no schema at all (migration tests build old ones).
     pub async fn empty(backend: Backend) -> Option<TestDb> {
+        TestDb::create(backend, Schema::Empty).await
+    }
+
+    async fn create(backend: Backend, schema: Schema) -> Option<TestDb> {
         match backend {
-            Backend::Sqlite => Some(TestDb::Sqlite { dir: tempfile::tempdir().expect("temp dir") }),
-            Backend::Postgres => postgres_db(false).await,
+            Backend::Sqlite => Some(TestDb(ScratchDb::sqlite("hookrelay.db").expect("temp dir"))),
+            Backend::Postgres => {
+                let admin_url = scratch::admin_url();
+                if scratch::connect(&admin_url).await.is_err() {
+                    skip_postgres(&admin_url);
+                    return None;
+                }
+                let db = ScratchDb::postgres(&admin_url, "hookrelay_test", schema).await;
+                Some(TestDb(db.expect("create a scratch database")))
+            }
         }
     }
 
     /// Runs SQL statements directly on the database.
     pub async fn execute(&self, sql: &str) {
-        match self {
-            TestDb::Sqlite { dir } => {
-                let conn = rusqlite::Connection::open(dir.path().join("hookrelay.db")).expect("open");
+        match self.0.dir() {
+            Some(dir) => {
+                let conn = rusqlite::Connection::open(dir.join("hookrelay.db")).expect("open");
                 conn.execute_batch(sql).expect("execute");
             }
-            TestDb::Postgres { url, .. } => {
-                let client = admin(url).await.expect("connect");
+            None => {
+                let client = scratch::connect(self.0.url()).await.expect("connect");
                 client.batch_execute(sql).await.expect("execute");
             }
         }
     }
 
     pub fn url(&self) -> String {
-        match self {
-            TestDb::Sqlite { dir } => format!("sqlite://{}", dir.path().join("hookrelay.db").display()),
-            TestDb::Postgres { url, .. } => url.clone(),
-        }
+        self.0.url().to_owned()
     }
 
     /// Rows in `table`, read directly from the database.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM {table}");
-        match self {
-            TestDb::Sqlite { dir } => {
-                let conn = rusqlite::Connection::open(dir.path().join("hookrelay.db")).expect("open");
+        match self.0.dir() {
+            Some(dir) => {
+                let conn = rusqlite::Connection::open(dir.join("hookrelay.db")).expect("open");
                 conn.query_row(&sql, [], |r| r.get(0)).expect("count")
             }
-            TestDb::Postgres { url, .. } => {
-                let client = admin(url).await.expect("connect");
+            None => {
+                let client = scratch::connect(self.0.url()).await.expect("connect");
                 client.query_one(&sql, &[]).await.expect("count").get(0)
             }
         }
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let TestDb::Postgres { admin_url, name, .. } = self {
-            let (admin_url, name) = (admin_url.clone(), name.clone());
-            // Drop needs its own runtime: the test's may be shutting down.
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-                rt.block_on(async {
-                    if let Some(client) = admin(&admin_url).await {
-                        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 fn postgres_required() -> bool {
     std::env::var("HOOKRELAY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v == "true")
 }
 
-async fn admin(url: &str) -> Option<tokio_postgres::Client> {
-    let mut config: tokio_postgres::Config = url.parse().ok()?;
-    config.connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(connection);
-    Some(client)
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = match base.rfind('/') {
-        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
+/// No server answers: fail when PostgreSQL is required, else say once that
+/// the PostgreSQL suite is skipped.
+fn skip_postgres(admin_url: &str) {
+    if postgres_required() {
+        panic!("HOOKRELAY_REQUIRE_POSTGRES=1 but no PostgreSQL server answers at {admin_url}");
     }
-}
-
-/// The template's name changes with the schema, so a stale one is never used.
-fn template_name() -> String {
-    let schema: String = hookrelay::store::postgres::MIGRATIONS.iter().map(|(_, sql)| *sql).collect();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in schema.bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("hookrelay_tpl_{hash:016x}")
-}
-
-async fn postgres_db(migrated: bool) -> Option<TestDb> {
-    let admin_url = admin_url();
-    let Some(client) = admin(&admin_url).await else {
-        if postgres_required() {
-            panic!("HOOKRELAY_REQUIRE_POSTGRES=1 but no PostgreSQL server answers at {admin_url}");
-        }
-        static SKIPPED: Once = Once::new();
-        SKIPPED.call_once(|| {
-            // Written past the test harness's capture so that it is seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** PostgreSQL suite SKIPPED: no server at {admin_url} (set TEST_DATABASE_URL; \
-                 HOOKRELAY_REQUIRE_POSTGRES=1 makes this an error) ***\n"
-            );
-        });
-        return None;
-    };
-    let template = template_name();
-    client.execute("SELECT pg_advisory_lock(4242)", &[]).await.expect("advisory lock");
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
-        .await
-        .expect("query pg_database")
-        .is_some();
-    if !exists {
-        let building = format!("{template}_building");
-        client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")).await.expect("drop");
-        client.batch_execute(&format!("CREATE DATABASE \"{building}\"")).await.expect("create template");
-        {
-            let config = hookrelay::config::DatabaseConfig {
-                url: with_database(&admin_url, &building),
-                pool_size: 1,
-                ..Default::default()
-            };
-            let store = hookrelay::store::open(&config).await.expect("migrate template");
-            drop(store);
-        }
-        client
-            .batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""))
-            .await
-            .expect("publish template");
-    }
-    let name = format!("hookrelay_test_{}", uuid_like());
-    let created = if migrated {
-        client.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).await
-    } else {
-        client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await
-    };
-    client.execute("SELECT pg_advisory_unlock(4242)", &[]).await.expect("advisory unlock");
-    created.expect("clone the template");
-    Some(TestDb::Postgres { url: with_database(&admin_url, &name), admin_url, name })
-}
-
-fn uuid_like() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("entropy");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    static SKIPPED: Once = Once::new();
+    SKIPPED.call_once(|| {
+        // Written past the test harness's capture so that it is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** PostgreSQL suite SKIPPED: no server at {admin_url} (set TEST_DATABASE_URL; \
+             HOOKRELAY_REQUIRE_POSTGRES=1 makes this an error) ***\n"
+        );
+    });
 }
 
 /// A running hookrelay and a client for it.

@@ -203,8 +203,8 @@ async fn a_stuck_row_answers_503_and_recovers() {
         return;
     };
     app.register(json!({"id": "locked"})).await;
-    let crate::helpers::TestDb::Postgres { url, .. } = &app.db else { unreachable!("postgres") };
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    let url = app.db.url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
     client.batch_execute("BEGIN; SELECT * FROM messages WHERE id = 'locked' FOR UPDATE").await.expect("lock");
 
