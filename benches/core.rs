@@ -94,15 +94,16 @@ fn outbound_payload() -> Vec<u8> {
     let id = MessageId::parse("msg_01HZX3RELAYEXAMPLE0000000000").expect("id");
     let mut record = MessageRecord::new(id, T0);
     record.registered = true;
-    record.recipient = Some("recipient@example.com".into());
-    record.channel = Some(Channel::Email);
-    record.provider = Some(ProviderName::parse("sendgrid").expect("provider"));
-    record.provider_message_id = Some("wrfRRvF7Q0GgwUo2CvDmEA".into());
-    record.notification = Some("welcome-email".into());
-    record.event = Some("user-signed-up".into());
-    record.tags = vec!["onboarding".into(), "welcome".into()];
-    record.list = Some("product-updates".into());
-    record.metadata = Some(json!({"account": "acct_42", "plan": "team", "locale": "en-GB", "campaign": "autumn-2023"}));
+    record.fields.recipient = Some("recipient@example.com".into());
+    record.fields.channel = Some(Channel::Email);
+    record.fields.provider = Some(ProviderName::parse("sendgrid").expect("provider"));
+    record.fields.provider_message_id = Some("wrfRRvF7Q0GgwUo2CvDmEA".into());
+    record.fields.notification = Some("welcome-email".into());
+    record.fields.event = Some("user-signed-up".into());
+    record.fields.tags = vec!["onboarding".into(), "welcome".into()];
+    record.fields.list = Some("product-updates".into());
+    record.fields.metadata =
+        Some(json!({"account": "acct_42", "plan": "team", "locale": "en-GB", "campaign": "autumn-2023"}));
     for (status, ts) in [(Status::Sent, T0 + 1_000), (Status::Delivered, T0 + 5_000), (Status::Clicked, T0 + 90_000)] {
         record.state.apply(status, ts, None, None);
     }

@@ -17,6 +17,16 @@ pub struct MessageRecord {
     /// Whether the sender registered it (false while it is known only from
     /// provider callbacks).
     pub registered: bool,
+    pub fields: MessageFields,
+    pub idempotency_key: Option<String>,
+    pub updated_at: i64,
+}
+
+/// What is known about a message besides its state: who it went to,
+/// through what, and how the sender labels it. A registration says it;
+/// callbacks fill in what they can (a recipient, a provider's id).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessageFields {
     pub recipient: Option<String>,
     pub channel: Option<Channel>,
     pub provider: Option<ProviderName>,
@@ -26,8 +36,65 @@ pub struct MessageRecord {
     pub list: Option<String>,
     pub tags: Vec<String>,
     pub metadata: Option<Value>,
-    pub idempotency_key: Option<String>,
-    pub updated_at: i64,
+}
+
+impl MessageFields {
+    /// Fills what is empty here from `other`, another record of the same
+    /// message: the provider and its id go together; tags are joined.
+    pub fn fill_from(&mut self, other: &MessageFields) {
+        fill(&mut self.recipient, &other.recipient);
+        if self.channel.is_none() {
+            self.channel = other.channel;
+        }
+        if self.provider_message_id.is_none() {
+            self.provider.clone_from(&other.provider);
+            self.provider_message_id.clone_from(&other.provider_message_id);
+        }
+        fill(&mut self.notification, &other.notification);
+        fill(&mut self.event, &other.event);
+        fill(&mut self.list, &other.list);
+        if self.metadata.is_none() {
+            self.metadata.clone_from(&other.metadata);
+        }
+        for tag in &other.tags {
+            if !self.tags.contains(tag) {
+                self.tags.push(tag.clone());
+            }
+        }
+    }
+
+    /// Takes what a registration says over what callbacks inferred. The
+    /// provider is only taken when none is known, and the provider's id is
+    /// not taken here: it names the message only once it is claimed.
+    pub fn overlay(&mut self, registered: &MessageFields) {
+        let set = |slot: &mut Option<String>, v: &Option<String>| {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        };
+        set(&mut self.recipient, &registered.recipient);
+        set(&mut self.notification, &registered.notification);
+        set(&mut self.event, &registered.event);
+        set(&mut self.list, &registered.list);
+        if registered.channel.is_some() {
+            self.channel = registered.channel;
+        }
+        if self.provider.is_none() {
+            self.provider.clone_from(&registered.provider);
+        }
+        if !registered.tags.is_empty() {
+            self.tags.clone_from(&registered.tags);
+        }
+        if registered.metadata.is_some() {
+            self.metadata.clone_from(&registered.metadata);
+        }
+    }
+}
+
+fn fill(slot: &mut Option<String>, from: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
 }
 
 impl MessageRecord {
@@ -37,22 +104,14 @@ impl MessageRecord {
             id,
             state: MessageState::new(now),
             registered: false,
-            recipient: None,
-            channel: None,
-            provider: None,
-            provider_message_id: None,
-            notification: None,
-            event: None,
-            list: None,
-            tags: Vec::new(),
-            metadata: None,
+            fields: MessageFields::default(),
             idempotency_key: None,
             updated_at: now,
         }
     }
 
     pub fn view(&self) -> MessageView<'_> {
-        let s = &self.state;
+        let (s, f) = (&self.state, &self.fields);
         MessageView {
             id: self.id.as_str(),
             status: s.status,
@@ -62,15 +121,15 @@ impl MessageRecord {
             delivered: s.milestones.delivered,
             opened: s.milestones.opened,
             clicked: s.milestones.clicked,
-            recipient: self.recipient.as_deref(),
-            channel: self.channel,
-            provider: self.provider.as_ref().map(ProviderName::as_str),
-            provider_message_id: self.provider_message_id.as_deref(),
-            notification: self.notification.as_deref(),
-            event: self.event.as_deref(),
-            list: self.list.as_deref(),
-            tags: &self.tags,
-            metadata: self.metadata.as_ref(),
+            recipient: f.recipient.as_deref(),
+            channel: f.channel,
+            provider: f.provider.as_ref().map(ProviderName::as_str),
+            provider_message_id: f.provider_message_id.as_deref(),
+            notification: f.notification.as_deref(),
+            event: f.event.as_deref(),
+            list: f.list.as_deref(),
+            tags: &f.tags,
+            metadata: f.metadata.as_ref(),
             reason: s.reason,
             error: s.error.as_deref(),
         }

@@ -16,6 +16,6 @@ pub mod subscription;
 pub use api_key::{ApiKeyRecord, Scope, Scopes};
 pub use event::{EventKind, NormalizedEvent, Reason, Target};
 pub use ids::{ApiKeyId, Channel, DeliveryId, MessageId, ProviderName, ProviderRef, SubscriptionId};
-pub use message::{MessageRecord, MessageView};
+pub use message::{MessageFields, MessageRecord, MessageView};
 pub use secret::Secret;
 pub use status::{MessageState, Milestones, Status};

@@ -21,7 +21,8 @@ use super::values::{self, TimeValue};
 use crate::clock::{now_ms, parse_time};
 use crate::domain::event::{dedupe_key, hashed_dedupe_key};
 use crate::domain::{
-    Channel, MessageId, MessageRecord, MessageView, NormalizedEvent, ProviderName, ProviderRef, Reason, Status, Target,
+    Channel, MessageFields, MessageId, MessageRecord, MessageView, NormalizedEvent, ProviderName, ProviderRef, Reason,
+    Status, Target,
 };
 use crate::plan::is_history_type;
 use crate::plan::{Command, Outcome, Registration};
@@ -190,15 +191,17 @@ impl RegisterRequest {
         Ok(Registration {
             id,
             idempotency_key,
-            recipient: text("recipient", self.recipient, MAX_RECIPIENT)?,
-            channel: self.channel,
-            provider,
-            provider_message_id,
-            notification: text("notification", self.notification, MAX_TEXT)?,
-            event: text("event", self.event, MAX_TEXT)?,
-            list: text("list", self.list, MAX_TEXT)?,
-            tags,
-            metadata: self.metadata.map(Value::Object),
+            fields: MessageFields {
+                recipient: text("recipient", self.recipient, MAX_RECIPIENT)?,
+                channel: self.channel,
+                provider,
+                provider_message_id,
+                notification: text("notification", self.notification, MAX_TEXT)?,
+                event: text("event", self.event, MAX_TEXT)?,
+                list: text("list", self.list, MAX_TEXT)?,
+                tags,
+                metadata: self.metadata.map(Value::Object),
+            },
             ts: now,
         })
     }

@@ -1,8 +1,6 @@
 //! What edges hand to the ingest queue, and what the batch writer answers.
 
-use serde_json::Value;
-
-use crate::domain::{Channel, MessageId, MessageRecord, NormalizedEvent, ProviderName, Status, Target};
+use crate::domain::{MessageFields, MessageId, MessageRecord, NormalizedEvent, Status, Target};
 
 /// A sender registering a message (`POST /messages`).
 #[derive(Clone, Debug, PartialEq)]
@@ -11,15 +9,7 @@ pub struct Registration {
     pub id: Option<MessageId>,
     /// A repeat with the same key answers with the first registration's id.
     pub idempotency_key: Option<String>,
-    pub recipient: Option<String>,
-    pub channel: Option<Channel>,
-    pub provider: Option<ProviderName>,
-    pub provider_message_id: Option<String>,
-    pub notification: Option<String>,
-    pub event: Option<String>,
-    pub list: Option<String>,
-    pub tags: Vec<String>,
-    pub metadata: Option<Value>,
+    pub fields: MessageFields,
     /// When the registration was received, epoch ms.
     pub ts: i64,
 }

@@ -85,8 +85,8 @@ impl Lookups {
 }
 
 fn registration_ref(r: &Registration) -> Option<ProviderRef> {
-    let provider = r.provider.clone()?;
-    ProviderRef::new(provider, r.provider_message_id.as_deref()?).ok()
+    let provider = r.fields.provider.clone()?;
+    ProviderRef::new(provider, r.fields.provider_message_id.as_deref()?).ok()
 }
 
 /// Everything the store found for a batch's lookups.
@@ -230,7 +230,7 @@ pub fn plan(commands: &[Command], loaded: Loaded, now: i64, timestamp: String, i
 
 impl Planner<'_> {
     fn index(&mut self, record: &MessageRecord) {
-        if let (Some(provider), Some(pmid)) = (&record.provider, &record.provider_message_id)
+        if let (Some(provider), Some(pmid)) = (&record.fields.provider, &record.fields.provider_message_id)
             && let Ok(r) = ProviderRef::new(provider.clone(), pmid)
         {
             self.by_ref.insert(r, record.id.clone());
@@ -311,12 +311,12 @@ impl Planner<'_> {
         let work = self.create(id.clone(), r.ts);
         fill_registration(&mut work.record, r);
         work.dirty = true;
-        work.tags_changed |= !r.tags.is_empty();
+        work.tags_changed |= !r.fields.tags.is_empty();
         if let Some(key) = &r.idempotency_key {
             self.by_idempotency.insert(key.clone(), id.clone());
         }
         let mut event = NormalizedEvent::status(Status::Enqueued, r.ts, dedupe_key("enqueued", id.as_str()));
-        event.provider.clone_from(&r.provider);
+        event.provider.clone_from(&r.fields.provider);
         if self.is_duplicate(&event.dedupe_key) {
             // Registered once already under this id (the record was merged
             // away since): the history keeps the first ENQUEUED.
@@ -372,9 +372,9 @@ impl Planner<'_> {
         // registered one (a recipient the sender gave is kept).
         if let Some(recipient) = event.recipient.as_ref().filter(|r| !r.is_empty() && r.len() <= MAX_RECIPIENT_LEN)
             && let Some(work) = self.work.get_mut(&id)
-            && work.record.recipient.is_none()
+            && work.record.fields.recipient.is_none()
         {
-            work.record.recipient = Some(recipient.clone());
+            work.record.fields.recipient = Some(recipient.clone());
             work.dirty = true;
         }
         match (&target.provider, owner) {
@@ -391,9 +391,9 @@ impl Planner<'_> {
             (None, _) => {
                 if let Some(provider) = &event.provider
                     && let Some(work) = self.work.get_mut(&id)
-                    && work.record.provider.is_none()
+                    && work.record.fields.provider.is_none()
                 {
-                    work.record.provider = Some(provider.clone());
+                    work.record.fields.provider = Some(provider.clone());
                     work.dirty = true;
                 }
             }
@@ -442,14 +442,14 @@ impl Planner<'_> {
     fn claim_ref(&mut self, id: &MessageId, pref: ProviderRef) {
         let Some(work) = self.work.get_mut(id) else { return };
         let record = &mut work.record;
-        if record.provider_message_id.is_some() {
+        if record.fields.provider_message_id.is_some() {
             return;
         }
         // Registered for one provider and reported by another (a failover),
         // the message is the reporting provider's now: its callbacks carry
         // this pair, and this pair is the one checked for another owner.
-        record.provider = Some(pref.provider.clone());
-        record.provider_message_id = Some(pref.message_id.clone());
+        record.fields.provider = Some(pref.provider.clone());
+        record.fields.provider_message_id = Some(pref.message_id.clone());
         work.dirty = true;
         self.by_ref.insert(pref, id.clone());
     }
@@ -466,7 +466,7 @@ impl Planner<'_> {
                 if changed || before != work.record.state.milestones {
                     work.dirty = true;
                     work.tags_changed |=
-                        before.enqueued != work.record.state.milestones.enqueued && !work.record.tags.is_empty();
+                        before.enqueued != work.record.state.milestones.enqueued && !work.record.fields.tags.is_empty();
                 }
                 changed
             }
@@ -537,25 +537,9 @@ impl Planner<'_> {
             let s = &source.record;
             let changed = t.state.merge(&s.state);
             t.registered |= s.registered;
-            fill(&mut t.recipient, &s.recipient);
-            if t.channel.is_none() {
-                t.channel = s.channel;
-            }
-            if t.provider_message_id.is_none() {
-                t.provider.clone_from(&s.provider);
-                t.provider_message_id.clone_from(&s.provider_message_id);
-            }
-            fill(&mut t.notification, &s.notification);
-            fill(&mut t.event, &s.event);
-            fill(&mut t.list, &s.list);
-            fill(&mut t.idempotency_key, &s.idempotency_key);
-            if t.metadata.is_none() {
-                t.metadata.clone_from(&s.metadata);
-            }
-            for tag in &s.tags {
-                if !t.tags.contains(tag) {
-                    t.tags.push(tag.clone());
-                }
+            t.fields.fill_from(&s.fields);
+            if t.idempotency_key.is_none() {
+                t.idempotency_key.clone_from(&s.idempotency_key);
             }
             target.dirty = true;
             target.tags_changed = true;
@@ -596,36 +580,10 @@ impl Planner<'_> {
     }
 }
 
-fn fill(slot: &mut Option<String>, from: &Option<String>) {
-    if slot.is_none() {
-        slot.clone_from(from);
-    }
-}
-
 /// Registration fields win over what callbacks inferred.
 fn fill_registration(record: &mut MessageRecord, r: &Registration) {
     record.registered = true;
-    let set = |slot: &mut Option<String>, v: &Option<String>| {
-        if v.is_some() {
-            slot.clone_from(v);
-        }
-    };
-    set(&mut record.recipient, &r.recipient);
-    set(&mut record.notification, &r.notification);
-    set(&mut record.event, &r.event);
-    set(&mut record.list, &r.list);
-    if r.channel.is_some() {
-        record.channel = r.channel;
-    }
-    if record.provider.is_none() {
-        record.provider.clone_from(&r.provider);
-    }
-    if !r.tags.is_empty() {
-        record.tags.clone_from(&r.tags);
-    }
-    if r.metadata.is_some() {
-        record.metadata.clone_from(&r.metadata);
-    }
+    record.fields.overlay(&r.fields);
     if record.idempotency_key.is_none() {
         record.idempotency_key.clone_from(&r.idempotency_key);
     }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::domain::subscription::SubscriptionFilter;
-use crate::domain::{EventKind, ProviderName, Reason, SubscriptionId};
+use crate::domain::{EventKind, MessageFields, ProviderName, Reason, SubscriptionId};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -8,15 +8,13 @@ fn reg(id: Option<&str>) -> Registration {
     Registration {
         id: id.map(|s| MessageId::parse(s).expect("id")),
         idempotency_key: None,
-        recipient: Some("someone@example.com".into()),
-        channel: Some(crate::domain::Channel::Email),
-        provider: None,
-        provider_message_id: None,
-        notification: Some("welcome".into()),
-        event: None,
-        list: None,
-        tags: vec!["a".into()],
-        metadata: None,
+        fields: MessageFields {
+            recipient: Some("someone@example.com".into()),
+            channel: Some(crate::domain::Channel::Email),
+            notification: Some("welcome".into()),
+            tags: vec!["a".into()],
+            ..MessageFields::default()
+        },
         ts: NOW - 10,
     }
 }
@@ -100,7 +98,7 @@ fn repeats_and_idempotency_keys_answer_the_first_registration() {
     let mut fresh_key = reg(None);
     fresh_key.idempotency_key = Some("key-2".into());
     let mut fresh_key_again = fresh_key.clone();
-    fresh_key_again.recipient = Some("other@example.com".into());
+    fresh_key_again.fields.recipient = Some("other@example.com".into());
     let plan = run(
         &[
             Command::Register(Box::new(reg(Some("m1")))),
@@ -128,12 +126,12 @@ fn callbacks_before_registration_are_kept_and_merged() {
     let created = stored(&plan1, plan1.messages[0].record.id.as_str());
     assert!(!created.registered);
     assert_eq!(created.state.status, Status::Delivered);
-    assert_eq!(created.provider_message_id.as_deref(), Some("pm-1"));
+    assert_eq!(created.fields.provider_message_id.as_deref(), Some("pm-1"));
 
     // Second batch: the sender registers it under its own id.
     let mut r = reg(Some("order-7"));
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm-1".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm-1".into());
     let subs = vec![sub("sub_a", None, false)];
     let plan2 = run(
         &[Command::Register(Box::new(r))],
@@ -143,8 +141,8 @@ fn callbacks_before_registration_are_kept_and_merged() {
     assert!(merged.registered);
     assert_eq!(merged.state.status, Status::Delivered);
     assert_eq!(merged.state.milestones.delivered, Some(NOW - 5));
-    assert_eq!(merged.recipient.as_deref(), Some("someone@example.com"));
-    assert_eq!(merged.provider_message_id.as_deref(), Some("pm-1"));
+    assert_eq!(merged.fields.recipient.as_deref(), Some("someone@example.com"));
+    assert_eq!(merged.fields.provider_message_id.as_deref(), Some("pm-1"));
     assert_eq!(plan2.merges, vec![(created.id.clone(), merged.id.clone())]);
     assert!(plan2.messages.iter().all(|m| m.record.id != created.id), "the old record is not rewritten");
     // seq keeps growing past what subscribers saw for either record.
@@ -154,8 +152,8 @@ fn callbacks_before_registration_are_kept_and_merged() {
 
     // Without an id of its own, the registration completes the record.
     let mut r = reg(None);
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm-1".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm-1".into());
     let plan3 = run(&[Command::Register(Box::new(r))], Loaded { messages: vec![created.clone()], ..Loaded::default() });
     assert_eq!(plan3.outcomes[0], Outcome::Registered { id: created.id.clone(), created: true });
     assert!(plan3.merges.is_empty());
@@ -165,8 +163,8 @@ fn callbacks_before_registration_are_kept_and_merged() {
 #[test]
 fn merges_inside_one_batch_never_touch_the_database_twice() {
     let mut r = reg(Some("order-8"));
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm-2".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm-2".into());
     let plan = run(
         &[
             callback("pm-2", Status::Sent, "sg:a"),
@@ -232,7 +230,7 @@ fn sender_events_attach_the_provider_id() {
     };
     assert_eq!(message.state.status, Status::Sent);
     assert_eq!(stored(&plan, "m5").state.status, Status::Delivered);
-    assert_eq!(stored(&plan, "m5").provider.as_ref().map(ProviderName::as_str), Some("sendgrid"));
+    assert_eq!(stored(&plan, "m5").fields.provider.as_ref().map(ProviderName::as_str), Some("sendgrid"));
 }
 
 #[test]
@@ -309,8 +307,8 @@ fn subscriptions_hear_what_they_asked_for() {
 fn lookups_cover_every_key() {
     let mut r = reg(Some("m1"));
     r.idempotency_key = Some("k".into());
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm".into());
     let l = Lookups::for_batch(&[
         Command::Register(Box::new(r)),
         callback("pm", Status::Sent, "sg:1"),
@@ -327,16 +325,16 @@ fn registered(id: &str, pmid: Option<&str>) -> MessageRecord {
     let mut m = MessageRecord::new(MessageId::parse(id).expect("id"), NOW - 1_000);
     m.registered = true;
     if let Some(pmid) = pmid {
-        m.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-        m.provider_message_id = Some(pmid.into());
+        m.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+        m.fields.provider_message_id = Some(pmid.into());
     }
     m
 }
 
 fn reg_with_ref(id: Option<&str>, pmid: &str) -> Command {
     let mut r = reg(id);
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some(pmid.into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some(pmid.into());
     Command::Register(Box::new(r))
 }
 
@@ -383,7 +381,7 @@ fn a_callback_naming_one_message_by_id_leaves_anothers_provider_id_alone() {
     let plan = run(&[command], Loaded { messages: vec![a, y], ..Loaded::default() });
     assert!(plan.merges.is_empty());
     assert_eq!(stored(&plan, "y1").state.status, Status::Delivered);
-    assert_eq!(stored(&plan, "y1").provider_message_id, None);
+    assert_eq!(stored(&plan, "y1").fields.provider_message_id, None);
     assert!(plan.messages.iter().all(|m| m.record.id.as_str() != "a1"));
 }
 
@@ -391,8 +389,8 @@ fn a_callback_naming_one_message_by_id_leaves_anothers_provider_id_alone() {
 fn deliveries_of_a_record_merged_in_the_same_batch_are_dropped() {
     let subs = vec![sub("sub_a", None, false)];
     let mut r = reg(Some("order-9"));
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm-9".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm-9".into());
     let plan = run(
         &[callback("pm-9", Status::Delivered, "sg:1"), Command::Register(Box::new(r))],
         Loaded { subscriptions: subs, ..Loaded::default() },
@@ -412,13 +410,13 @@ fn later_commands_for_a_merged_record_follow_it() {
     // by a registration; a later command in the same batch naming the old
     // id (as listed by GET /messages) lands on the survivor.
     let mut anonymous = MessageRecord::new(MessageId::generate(), NOW - 100);
-    anonymous.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    anonymous.provider_message_id = Some("pm-10".into());
+    anonymous.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    anonymous.fields.provider_message_id = Some("pm-10".into());
     anonymous.state.apply(Status::Sent, NOW - 90, None, None);
     let old_id = anonymous.id.clone();
     let mut r = reg(Some("final"));
-    r.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    r.provider_message_id = Some("pm-10".into());
+    r.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    r.fields.provider_message_id = Some("pm-10".into());
     let by_old_id = Command::Event {
         target: Target { id: Some(old_id.clone()), provider: None },
         event: ev(Status::Opened, "api:x", NOW - 5),
@@ -456,8 +454,8 @@ fn one_send_to_several_recipients_stays_several_messages() {
     let plan = run(&[named("batch-a", "sg:a"), named("batch-b", "sg:b")], Loaded::default());
     assert!(plan.merges.is_empty());
     assert_eq!(plan.messages.len(), 2, "two messages");
-    assert_eq!(stored(&plan, "batch-a").provider_message_id.as_deref(), Some("X-BATCH"));
-    assert_eq!(stored(&plan, "batch-b").provider_message_id, None, "the first keeps the shared provider id");
+    assert_eq!(stored(&plan, "batch-a").fields.provider_message_id.as_deref(), Some("X-BATCH"));
+    assert_eq!(stored(&plan, "batch-b").fields.provider_message_id, None, "the first keeps the shared provider id");
     assert_eq!(stored(&plan, "batch-b").state.status, Status::Delivered);
     // Across batches too.
     let a = stored(&plan, "batch-a");
@@ -472,8 +470,8 @@ fn one_send_to_several_recipients_stays_several_messages() {
 
 fn stored_a() -> MessageRecord {
     let mut a = MessageRecord::new(MessageId::parse("batch-a").expect("id"), NOW - 100);
-    a.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    a.provider_message_id = Some("X-BATCH".into());
+    a.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    a.fields.provider_message_id = Some("X-BATCH".into());
     a
 }
 
@@ -489,19 +487,19 @@ fn a_message_made_from_callbacks_takes_their_recipient() {
     }
     let plan = run(&[first, second], Loaded::default());
     assert_eq!(plan.messages.len(), 1);
-    assert_eq!(plan.messages[0].record.recipient.as_deref(), Some("ada@example.com"), "the first one is kept");
+    assert_eq!(plan.messages[0].record.fields.recipient.as_deref(), Some("ada@example.com"), "the first one is kept");
 
     // A recipient the sender registered is never replaced by a callback's.
     let mut registered = MessageRecord::new(MessageId::parse("m1").expect("id"), NOW - 100);
     registered.registered = true;
-    registered.recipient = Some("registered@example.com".into());
+    registered.fields.recipient = Some("registered@example.com".into());
     let mut named = callback("pm-2", Status::Delivered, "k3");
     if let Command::Event { target, event, .. } = &mut named {
         target.id = Some(MessageId::parse("m1").expect("id"));
         event.recipient = Some("callback@example.com".into());
     }
     let plan = run(&[named], Loaded { messages: vec![registered], ..Loaded::default() });
-    assert_eq!(stored(&plan, "m1").recipient.as_deref(), Some("registered@example.com"));
+    assert_eq!(stored(&plan, "m1").fields.recipient.as_deref(), Some("registered@example.com"));
 
     // One too long for the list index stays in the history only.
     let mut long = callback("pm-3", Status::Delivered, "k4");
@@ -509,7 +507,7 @@ fn a_message_made_from_callbacks_takes_their_recipient() {
         event.recipient = Some("x".repeat(MAX_RECIPIENT_LEN + 1));
     }
     let plan = run(&[long], Loaded::default());
-    assert_eq!(plan.messages[0].record.recipient, None);
+    assert_eq!(plan.messages[0].record.fields.recipient, None);
 }
 
 #[test]
@@ -567,11 +565,11 @@ fn a_failover_records_the_provider_that_sent() {
     // m1 was registered for sendgrid without its id; m2 owns sendgrid's "0".
     let mut m1 = MessageRecord::new(MessageId::parse("m1").expect("id"), NOW - 100);
     m1.registered = true;
-    m1.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    m1.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
     let mut m2 = MessageRecord::new(MessageId::parse("m2").expect("id"), NOW - 100);
     m2.registered = true;
-    m2.provider = Some(ProviderName::parse("sendgrid").expect("name"));
-    m2.provider_message_id = Some("0".into());
+    m2.fields.provider = Some(ProviderName::parse("sendgrid").expect("name"));
+    m2.fields.provider_message_id = Some("0".into());
     // m1 went out through mailgun as "0" after all.
     let mailgun = ProviderRef::new(ProviderName::parse("mailgun").expect("name"), "0").expect("ref");
     let command = Command::Event {
@@ -584,6 +582,6 @@ fn a_failover_records_the_provider_that_sent() {
     let plan = run(&[command], Loaded { messages: vec![m1, m2], ..Loaded::default() });
     assert!(matches!(plan.outcomes[0], Outcome::Applied { changed: true, .. }), "{:?}", plan.outcomes);
     let m1 = stored(&plan, "m1");
-    assert_eq!(m1.provider.as_ref().map(ProviderName::as_str), Some("mailgun"));
-    assert_eq!(m1.provider_message_id.as_deref(), Some("0"), "not sendgrid's \"0\", which m2 holds");
+    assert_eq!(m1.fields.provider.as_ref().map(ProviderName::as_str), Some("mailgun"));
+    assert_eq!(m1.fields.provider_message_id.as_deref(), Some("0"), "not sendgrid's \"0\", which m2 holds");
 }

@@ -10,8 +10,8 @@ use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, J
 use crate::domain::signing::{Scheme, SigningKey};
 use crate::domain::subscription::{PreviousSecret, Subscription, SubscriptionFilter};
 use crate::domain::{
-    ApiKeyId, ApiKeyRecord, Channel, DeliveryId, MessageId, MessageRecord, MessageState, Milestones, ProviderName,
-    Reason, Scopes, Status, SubscriptionId,
+    ApiKeyId, ApiKeyRecord, Channel, DeliveryId, MessageFields, MessageId, MessageRecord, MessageState, Milestones,
+    ProviderName, Reason, Scopes, Status, SubscriptionId,
 };
 
 /// The columns of `messages`, in the order every SELECT uses.
@@ -85,15 +85,17 @@ pub(crate) fn decode_message(row: &impl RowLike) -> Result<MessageRecord, StoreE
             error: row.text(9)?,
         },
         registered: row.boolean(10)?,
-        recipient: row.text(11)?,
-        channel: row.text(12)?.as_deref().and_then(Channel::parse),
-        provider: row.text(13)?.map(ProviderName::from_trusted),
-        provider_message_id: row.text(14)?,
-        notification: row.text(15)?,
-        event: row.text(16)?,
-        list: row.text(17)?,
-        tags,
-        metadata,
+        fields: MessageFields {
+            recipient: row.text(11)?,
+            channel: row.text(12)?.as_deref().and_then(Channel::parse),
+            provider: row.text(13)?.map(ProviderName::from_trusted),
+            provider_message_id: row.text(14)?,
+            notification: row.text(15)?,
+            event: row.text(16)?,
+            list: row.text(17)?,
+            tags,
+            metadata,
+        },
         idempotency_key: row.text(20)?,
         updated_at: required(row.int(21)?, "updated_at")?,
     })
@@ -127,7 +129,7 @@ pub(crate) struct MessageColumns<'a> {
 
 impl<'a> MessageColumns<'a> {
     pub fn of(m: &'a MessageRecord) -> Self {
-        let s = &m.state;
+        let (s, f) = (&m.state, &m.fields);
         MessageColumns {
             id: m.id.as_str(),
             status: s.status.as_str(),
@@ -140,15 +142,15 @@ impl<'a> MessageColumns<'a> {
             reason: s.reason.map(Reason::as_str),
             error: s.error.as_deref(),
             registered: m.registered,
-            recipient: m.recipient.as_deref(),
-            channel: m.channel.map(Channel::as_str),
-            provider: m.provider.as_ref().map(ProviderName::as_str),
-            provider_message_id: m.provider_message_id.as_deref(),
-            notification: m.notification.as_deref(),
-            event: m.event.as_deref(),
-            list: m.list.as_deref(),
-            tags: serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
-            metadata: m.metadata.as_ref().map(Value::to_string),
+            recipient: f.recipient.as_deref(),
+            channel: f.channel.map(Channel::as_str),
+            provider: f.provider.as_ref().map(ProviderName::as_str),
+            provider_message_id: f.provider_message_id.as_deref(),
+            notification: f.notification.as_deref(),
+            event: f.event.as_deref(),
+            list: f.list.as_deref(),
+            tags: serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()),
+            metadata: f.metadata.as_ref().map(Value::to_string),
             idempotency_key: m.idempotency_key.as_deref(),
             updated_at: m.updated_at,
         }

@@ -1010,7 +1010,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
     let retag_ids: Vec<&str> = retag.iter().map(|m| m.id.as_str()).collect();
     let (mut tags, mut enqueued, mut owners) = (Vec::new(), Vec::new(), Vec::new());
     for m in &retag {
-        for tag in &m.tags {
+        for tag in &m.fields.tags {
             tags.push(tag.as_str());
             enqueued.push(m.state.milestones.enqueued);
             owners.push(m.id.as_str());

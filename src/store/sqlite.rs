@@ -1019,7 +1019,7 @@ fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
         let mut stmt = tx
             .prepare_cached("INSERT OR IGNORE INTO message_tags (tag, enqueued_at, message_id) VALUES (?1, ?2, ?3)")
             .map_err(sqlite_error)?;
-        for tag in &m.tags {
+        for tag in &m.fields.tags {
             stmt.execute(params![tag, m.state.milestones.enqueued, m.id.as_str()]).map_err(sqlite_error)?;
         }
     }

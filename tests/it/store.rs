@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hookrelay::config::{DatabaseConfig, IngestConfig};
-use hookrelay::domain::{MessageId, NormalizedEvent, ProviderName, ProviderRef, Status, Target};
+use hookrelay::domain::{MessageFields, MessageId, NormalizedEvent, ProviderName, ProviderRef, Status, Target};
 use hookrelay::ingest::Ingest;
 use hookrelay::plan::{Command, Outcome, Registration};
 use hookrelay::store::Store;
@@ -43,15 +43,13 @@ fn registration(id: &str, pmid: &str) -> Command {
     Command::Register(Box::new(Registration {
         id: Some(MessageId::parse(id).expect("id")),
         idempotency_key: None,
-        recipient: Some("r@example.com".into()),
-        channel: None,
-        provider: Some(ProviderName::parse("ses").expect("name")),
-        provider_message_id: Some(pmid.into()),
-        notification: None,
-        event: None,
-        list: None,
-        tags: vec!["t".into()],
-        metadata: None,
+        fields: MessageFields {
+            recipient: Some("r@example.com".into()),
+            provider: Some(ProviderName::parse("ses").expect("name")),
+            provider_message_id: Some(pmid.into()),
+            tags: vec!["t".into()],
+            ..MessageFields::default()
+        },
         ts: 2_000,
     }))
 }
@@ -80,7 +78,7 @@ async fn callbacks_before_registration_merge_into_it(backend: Backend) {
     assert_eq!(merged.state.status, Status::Opened);
     assert_eq!(merged.state.milestones.delivered, Some(1_500));
     assert_eq!(merged.state.milestones.enqueued, 1_500);
-    assert_eq!(merged.provider_message_id.as_deref(), Some("ses-1"));
+    assert_eq!(merged.fields.provider_message_id.as_deref(), Some("ses-1"));
     assert!(merged.registered);
     let history = store.history(&merged.id, None).await.expect("history").expect("exists");
     let kinds: Vec<_> = history.iter().map(|h| h.kind.as_str()).collect();
@@ -143,7 +141,8 @@ async fn concurrent_writers_record_each_event_once(backend: Backend) {
             .await
             .expect("list");
         assert_eq!(all.len(), 10, "one message per provider id");
-        let m = all.iter().find(|m| m.provider_message_id.as_deref() == Some(&format!("pm-{i}"))).expect("message");
+        let m =
+            all.iter().find(|m| m.fields.provider_message_id.as_deref() == Some(&format!("pm-{i}"))).expect("message");
         total += store.history(&m.id, None).await.expect("history").expect("exists").len();
     }
     assert_eq!(total, 200);
