@@ -16,7 +16,7 @@ use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::ssrf::AddressPolicy;
 use crate::domain::{ApiKeyRecord, Scopes};
 use crate::http::auth::{ApiKeys, generate_key, new_key};
-use crate::http::callbacks::Callbacks;
+use crate::http::callbacks::{Callbacks, SnsClient, SnsHttp};
 use crate::http::{self, AppState};
 use crate::ingest::{BatchWriter, Ingest};
 use crate::store::{self, Store};
@@ -38,6 +38,13 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
     Ok(Checked { sources })
 }
 
+/// Outside services [`Application::build_with`] can be given instead of
+/// the real ones (tests use it to stand in for Amazon SNS).
+#[derive(Debug, Default)]
+pub struct Services {
+    pub sns: Option<Arc<dyn SnsClient>>,
+}
+
 /// A built, bound, not yet running hookrelay.
 #[derive(Debug)]
 pub struct Application {
@@ -57,11 +64,20 @@ impl Application {
     /// here is only stored once nothing else can fail, so the caller always
     /// gets to show it.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with(config, Services::default()).await
+    }
+
+    /// [`Application::build`] with some outside services replaced.
+    pub async fn build_with(config: Config, services: Services) -> anyhow::Result<Application> {
         crate::net::install_crypto_provider();
         let store = store::open(&config.database)
             .await
             .with_context(|| format!("cannot open the database at {}", redact_url(&config.database.url)))?;
         let Checked { sources } = check(&config)?;
+        let sns: Arc<dyn SnsClient> = match services.sns {
+            Some(sns) => sns,
+            None => Arc::new(SnsHttp::new().context("cannot build the HTTP client for Amazon SNS")?),
+        };
         let (ingest, mut writer) = Ingest::new(store.clone(), &config.ingest);
         let (dispatcher, handoff, delivery) = Dispatcher::new(store.clone(), &config.delivery);
         if config.delivery.enabled {
@@ -94,7 +110,7 @@ impl Application {
             keys,
             metrics: telemetry::metrics_handle(),
             retry_after: config.ingest.retry_after_seconds,
-            callbacks: Callbacks::new(sources, config.public_url(addr)),
+            callbacks: Callbacks::new(sources, config.public_url(addr), sns),
             delivery,
             address_policy,
             tracking,

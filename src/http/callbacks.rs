@@ -23,7 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, error_response};
 use super::extract::BodyLimit;
 use crate::clock::now_ms;
 use crate::plan::{Command, Outcome, ReplayGuard};
@@ -40,23 +40,85 @@ pub struct Callbacks {
     /// `server.public_url` (or `http://<listen>`), without a trailing slash.
     public_url: String,
     certificates: CertificateCache,
-    client: reqwest::Client,
+    sns: Arc<dyn SnsClient>,
 }
 
 impl Callbacks {
-    pub fn new(sources: Vec<Source>, public_url: String) -> Self {
-        crate::net::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+    pub fn new(sources: Vec<Source>, public_url: String, sns: Arc<dyn SnsClient>) -> Self {
         Callbacks {
             sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
             public_url,
             certificates: CertificateCache::default(),
-            client,
+            sns,
+        }
+    }
+}
+
+/// The two requests hookrelay makes to Amazon SNS: fetching a signing
+/// certificate and visiting a `SubscribeURL`. Both URLs have been checked
+/// to be Amazon's (https, an `sns.<region>.amazonaws.com` host) before.
+/// The server uses [`SnsHttp`]; tests supply their own.
+#[async_trait::async_trait]
+pub trait SnsClient: Send + Sync + std::fmt::Debug {
+    /// The certificate at `url`, refused above `limit` bytes. Errors are
+    /// for the log and never carry the URL.
+    async fn certificate(&self, url: &str, limit: usize) -> Result<Vec<u8>, String>;
+    /// Visits a `SubscribeURL`, which confirms the subscription when SNS
+    /// answers 2xx.
+    async fn confirm(&self, url: &str) -> Result<(), String>;
+}
+
+/// [`SnsClient`] over HTTPS: short timeouts, redirects never followed.
+#[derive(Debug)]
+pub struct SnsHttp {
+    client: reqwest::Client,
+}
+
+impl SnsHttp {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        crate::net::install_crypto_provider();
+        Self::from_builder(reqwest::Client::builder())
+    }
+
+    /// A client that cannot be built is an error, never a default client
+    /// that would follow redirects and wait forever.
+    fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
+        let client = builder
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(SnsHttp { client })
+    }
+}
+
+#[async_trait::async_trait]
+impl SnsClient for SnsHttp {
+    async fn certificate(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
+        let mut response = self.client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err("certificate too large".into());
+        }
+        // Read in chunks: a server that sends no length is cut off at the cap.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if body.len() + chunk.len() > limit {
+                return Err("certificate too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    async fn confirm(&self, url: &str) -> Result<(), String> {
+        match self.client.get(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status().as_u16())),
+            // Without the URL: its query carries the subscription token.
+            Err(e) => Err(e.without_url().to_string()),
         }
     }
 }
@@ -94,24 +156,13 @@ impl CertificateCache {
     /// The certificate at `url`, from the cache or fetched (then `true`):
     /// the caller keeps a fetched one only once it verified a signature, so
     /// a request that fails verification leaves nothing behind.
-    async fn fetch(&self, client: &reqwest::Client, url: &str) -> Result<(Arc<[u8]>, bool), String> {
+    async fn fetch(&self, sns: &dyn SnsClient, url: &str) -> Result<(Arc<[u8]>, bool), String> {
         if let Some(pem) = self.get(url) {
             return Ok((pem, false));
         }
-        let mut response = client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        if response.content_length().is_some_and(|n| n > MAX_CERTIFICATE_BYTES as u64) {
+        let body = sns.certificate(url, MAX_CERTIFICATE_BYTES).await?;
+        if body.len() > MAX_CERTIFICATE_BYTES {
             return Err("certificate too large".into());
-        }
-        // Read in chunks: a server that sends no length is cut off at the cap.
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
-            if body.len() + chunk.len() > MAX_CERTIFICATE_BYTES {
-                return Err("certificate too large".into());
-            }
-            body.extend_from_slice(&chunk);
         }
         Ok((Arc::from(body), true))
     }
@@ -197,8 +248,7 @@ async fn receive_get(
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
-    (status, Json(ErrorBody { message: message.to_owned(), kind })).into_response()
+    error_response(status, message.to_owned())
 }
 
 /// 401 for a callback that does not verify, with a `Basic` challenge when
@@ -251,7 +301,7 @@ async fn receive(
     let req = CallbackRequest { method: &method, url: &url, query, headers, body: &body, received_at: now };
 
     let verified = match source.certificate_url(&req) {
-        Ok(Some(cert_url)) => match callbacks.certificates.fetch(&callbacks.client, &cert_url).await {
+        Ok(Some(cert_url)) => match callbacks.certificates.fetch(&*callbacks.sns, &cert_url).await {
             Ok((pem, fetched)) => {
                 let verified = source.verify(&req, now, &Fetched { url: &cert_url, pem: pem.clone() });
                 if fetched && verified.is_ok() {
@@ -343,7 +393,7 @@ async fn receive(
         }
         Err(e) => {
             count(name, "unavailable");
-            ApiError::from_ingest(e, state.retry_after).into_response()
+            ApiError::from(e).into_response()
         }
     }
 }
@@ -361,20 +411,31 @@ async fn confirm_subscription(
         count(&source.name, "topic_refused");
         return refuse(StatusCode::FORBIDDEN, "this topic is not allowed for this source");
     }
-    match callbacks.client.get(subscribe_url).send().await {
-        Ok(r) if r.status().is_success() => {
+    match callbacks.sns.confirm(subscribe_url).await {
+        Ok(()) => {
             tracing::info!(source = %source.name, topic_arn, "confirmed the SNS subscription");
             count(&source.name, "subscription_confirmed");
             Json(Accepted::NOTHING).into_response()
         }
-        Ok(r) => {
-            tracing::warn!(source = %source.name, status = %r.status().as_u16(), "SNS subscription confirmation failed");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
-        }
         Err(e) => {
-            // Without the URL: its query carries the subscription token.
-            tracing::warn!(source = %source.name, error = %e.without_url(), "SNS subscription confirmation failed");
+            tracing::warn!(source = %source.name, error = %e, "SNS subscription confirmation failed");
+            count(&source.name, "confirmation_failed");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "could not confirm the subscription; retry later")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnsHttp;
+
+    /// A client that cannot be built fails start-up: rustls has no TLS 1.0,
+    /// so a builder limited to it cannot build.
+    #[test]
+    fn a_client_that_cannot_be_built_is_an_error() {
+        crate::net::install_crypto_provider();
+        let impossible = reqwest::Client::builder().max_tls_version(reqwest::tls::Version::TLS_1_0);
+        assert!(SnsHttp::from_builder(impossible).is_err());
+        assert!(SnsHttp::new().is_ok());
     }
 }

@@ -3,7 +3,9 @@
 //! internal; its cause is logged here, once.
 
 use axum::Json;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -36,9 +38,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    /// Queue full or database down: the caller should retry.
+    /// Queue full or database down: the caller should retry, after the
+    /// configured `Retry-After` (written by [`retry_after`]).
     #[error("{reason}; retry later")]
-    Unavailable { reason: &'static str, retry_after: u64 },
+    Unavailable { reason: &'static str },
+    /// A feature the configuration leaves off: retrying will not help, so
+    /// no `Retry-After`.
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -57,17 +64,18 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
 
-    /// Maps an ingest failure; `retry_after` is the configured hint.
-    pub fn from_ingest(e: IngestError, retry_after: u64) -> Self {
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
         match e {
-            IngestError::Overloaded => ApiError::Unavailable { reason: "hookrelay is overloaded", retry_after },
-            IngestError::Unavailable => ApiError::Unavailable { reason: "the database is unavailable", retry_after },
-            IngestError::ShuttingDown => ApiError::Unavailable { reason: "hookrelay is shutting down", retry_after },
+            IngestError::Overloaded => ApiError::Unavailable { reason: "hookrelay is overloaded" },
+            IngestError::Unavailable => ApiError::Unavailable { reason: "the database is unavailable" },
+            IngestError::ShuttingDown => ApiError::Unavailable { reason: "hookrelay is shutting down" },
             IngestError::Internal => ApiError::Internal("batch failed".into()),
         }
     }
@@ -78,7 +86,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
-                ApiError::Unavailable { reason: "the database is unavailable", retry_after: 1 }
+                ApiError::Unavailable { reason: "the database is unavailable" }
             }
             other => ApiError::Internal(other.into()),
         }
@@ -91,12 +99,10 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(source) = &self {
             tracing::error!(error = %source, "request failed");
         }
-        let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
-        let body = ErrorBody { message: self.to_string(), kind };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = error_response(status, self.to_string());
         match self {
-            ApiError::Unavailable { retry_after, .. } => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            ApiError::Unavailable { .. } => {
+                response.extensions_mut().insert(RetryLater);
             }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -105,4 +111,26 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// An error answer in the one shape: `type` is `api_error` for a 5xx,
+/// `invalid_request_error` otherwise.
+pub fn error_response(status: StatusCode, message: String) -> Response {
+    let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
+    (status, Json(ErrorBody { message, kind })).into_response()
+}
+
+/// Marks an answer that should carry the configured `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+struct RetryLater;
+
+/// Writes the configured `Retry-After` (`ingest.retry_after_seconds`) on
+/// every answer that asks the caller to come back: a full queue, a shutting
+/// down process, or a database outage seen by any route, reads included.
+pub async fn retry_after(State(seconds): State<u64>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if response.extensions_mut().remove::<RetryLater>().is_some() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }

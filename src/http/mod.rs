@@ -21,9 +21,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -64,8 +66,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Queues one command and waits for its committed outcome.
     pub async fn submit_one(&self, command: Command) -> Result<Outcome, ApiError> {
-        let mut outcomes =
-            self.ingest.submit(vec![command]).await.map_err(|e| ApiError::from_ingest(e, self.retry_after))?;
+        let mut outcomes = self.ingest.submit(vec![command]).await?;
         outcomes.pop().ok_or_else(|| ApiError::Internal("ingest returned no outcome".into()))
     }
 }
@@ -129,6 +130,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(Extension(ops::OpenApiJson(doc.into())))
+        .layer(middleware::from_fn_with_state(state.retry_after, error::retry_after))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
@@ -151,19 +153,97 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts and times every request by route template (never by raw path,
-/// which would carry ids).
+/// The header that carries a request's id, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Runs every request in a `request` span carrying its id and route, so any
+/// line it logs (a 500's cause included) names it; answers with the id in
+/// `X-Request-Id`, and counts and times the request by route template
+/// (never by raw path, which would carry ids).
 async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    let id = request_id(req.headers());
+    // At error level so the span is on whenever a 500's line is logged,
+    // whatever level the operator chose.
+    let span = tracing::error_span!("request", id = %id, method, route = %route);
+    let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
-    tracing::debug!(method, route = %route, status, elapsed_ms = elapsed * 1e3, "request");
+    span.in_scope(|| tracing::debug!(status, elapsed_ms = elapsed * 1e3, "request"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     metrics::counter!("hookrelay_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("hookrelay_http_request_duration_seconds", "method" => method, "route" => route)
         .record(elapsed);
     response
+}
+
+/// The caller's `X-Request-Id` when it is a short token (a proxy's id, kept
+/// so its logs and hookrelay's can be joined), otherwise a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| {
+        (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    });
+    given.map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::middleware;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::{REQUEST_ID, track};
+    use crate::http::error::ApiError;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The one line a 500 logs names the request (its id, echoed to the
+    /// caller, and its route); a caller's own id is kept, a hostile one replaced.
+    #[tokio::test]
+    async fn a_failed_request_logs_its_id_and_route() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = Router::new()
+            .route("/boom/{id}", get(|| async { ApiError::Internal("the disk caught fire".into()) }))
+            .layer(middleware::from_fn(track));
+
+        let request = Request::get("/boom/7").header(REQUEST_ID, "proxy-4f2a").body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()[REQUEST_ID], "proxy-4f2a");
+        let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let line = text.lines().find(|l| l.contains("the disk caught fire")).expect("the cause is logged");
+        assert!(line.contains("id=proxy-4f2a") && line.contains("route=/boom/{id}"), "{line}");
+
+        let request =
+            Request::get("/boom/8").header(REQUEST_ID, "a b\\n<script>").body(Body::empty()).expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        let id = response.headers()[REQUEST_ID].to_str().expect("ascii").to_owned();
+        assert_eq!(id.len(), 16, "a generated id replaces one that is not a short token: {id}");
+    }
 }

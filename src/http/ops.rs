@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -56,8 +56,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn unavailable() -> Response {
-    let body = ErrorBody { message: "the database is unavailable".into(), kind: "api_error" };
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    ApiError::Unavailable { reason: "the database is unavailable" }.into_response()
 }
 
 /// Prometheus metrics (text exposition format).

@@ -238,8 +238,7 @@ fn record(state: &AppState, kind: TokenKind, token: &str, method: &Method, heade
 /// 503 when no tracking key is configured: a configuration matter, so no
 /// `Retry-After`.
 fn not_configured() -> Response {
-    let body = ErrorBody { message: SignError::NotConfigured.to_string(), kind: "api_error" };
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    ApiError::NotConfigured(SignError::NotConfigured.to_string()).into_response()
 }
 
 fn message_id(raw: &str) -> Result<MessageId, ApiError> {

@@ -53,13 +53,13 @@ pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
 
 /// Parses one event or a batch of events.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
+    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::Unreadable("JSON body"))?;
     match &body {
         Value::Array(events) => {
             Batch::parse_each(events, "empty event batch", |event| parse_event(event, ctx, req.received_at))
         }
         Value::Object(_) => Ok(Parsed::events(vec![parse_event(&body, ctx, req.received_at)?])),
-        _ => Err(ParseError::new("expected an event object or an array of them")),
+        _ => Err(ParseError::Shape("expected an event object or an array of them")),
     }
 }
 
@@ -132,9 +132,9 @@ fn hookrelay_id(event: &Value, ctx: &ParseContext) -> Option<String> {
 
 fn parse_event(event: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
     if !event.is_object() {
-        return Err(ParseError::new("an event is not an object"));
+        return Err(ParseError::Shape("an event is not an object"));
     }
-    let name = str_field(event, "event").ok_or_else(|| ParseError::new("missing event"))?;
+    let name = str_field(event, "event").ok_or_else(|| ParseError::Missing("event".into()))?;
     let normalized = snake_case(name);
     let pmid = str_field(event, "message-id");
     let recipient = str_field(event, "email");
@@ -451,7 +451,7 @@ mod tests {
         let body = br#"[{"event":null},{"event":"delivered","message-id":"<m1@x>"}]"#;
         let parsed = parse(&post(URL, &h, body, 0), &context("brevo")).expect("parses");
         assert_eq!((parsed.callbacks.len(), parsed.skipped), (1, 1));
-        assert!(parsed.skip_reason.expect("a reason").0.starts_with("element 0: "));
+        assert!(matches!(parsed.skip_reason, Some(ParseError::Element { index: 0, .. })));
     }
 
     proptest! {

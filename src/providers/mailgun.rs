@@ -161,10 +161,12 @@ pub fn verify_token(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) ->
 
 /// Parses one webhook into its event.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    match read_body(req).map_err(|what| ParseError::new(format!("unreadable {what}")))? {
+    match read_body(req).map_err(ParseError::Unreadable)? {
         Body::Json(v) => {
-            let data =
-                v.get("event-data").filter(|d| d.is_object()).ok_or_else(|| ParseError::new("missing event-data"))?;
+            let data = v
+                .get("event-data")
+                .filter(|d| d.is_object())
+                .ok_or_else(|| ParseError::Missing("event-data".into()))?;
             Ok(Parsed::events(vec![parse_event(data, ctx, req.received_at)?]))
         }
         Body::Form(fields) => Ok(Parsed::events(vec![parse_legacy(&fields, ctx, req.received_at)?])),
@@ -199,7 +201,7 @@ fn failure_reason(reason: &str) -> Reason {
 }
 
 fn parse_event(data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
-    let name = str_field(data, "event").ok_or_else(|| ParseError::new("missing event-data.event"))?;
+    let name = str_field(data, "event").ok_or_else(|| ParseError::Missing("event-data.event".into()))?;
     let ts = data.get("timestamp").and_then(json_seconds_to_ms).unwrap_or(received_at);
     let pmid = data.pointer("/message/headers/message-id").and_then(Value::as_str).map(strip_brackets);
     let hookrelay_id = data.get("user-variables").and_then(|u| str_field(u, &ctx.id_field));
@@ -250,7 +252,7 @@ fn parse_event(data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Cal
 }
 
 fn parse_legacy(fields: &[(String, String)], ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
-    let name = last(fields, "event").ok_or_else(|| ParseError::new("missing event"))?;
+    let name = last(fields, "event").ok_or_else(|| ParseError::Missing("event".into()))?;
     let ts = last(fields, "timestamp")
         .and_then(|t| t.parse::<f64>().ok())
         .and_then(common::seconds_to_ms)

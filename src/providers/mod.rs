@@ -22,6 +22,7 @@ pub mod sparkpost;
 pub mod twilio;
 pub mod vonage;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -82,15 +83,32 @@ pub struct Verified {
 }
 
 /// A verified body that cannot be understood. The message names what is
-/// wrong without quoting the body.
+/// wrong without quoting the body. Its text is the 400 answer's `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ParseError(pub String);
-
-impl ParseError {
-    pub fn new(message: impl Into<String>) -> Self {
-        ParseError(message.into())
-    }
+pub enum ParseError {
+    /// The body, or an element of it, is not shaped as the provider sends
+    /// it (not JSON, not an object, not an array of events, ...).
+    #[error("{0}")]
+    Shape(&'static str),
+    /// The body is JSON the decoder could not read, with its reason.
+    #[error("invalid JSON body: {0}")]
+    Json(String),
+    /// A part of the request (a form, a JSON body) could not be decoded.
+    #[error("unreadable {0}")]
+    Unreadable(&'static str),
+    /// A field the provider always sends is absent or not of its type.
+    #[error("missing {0}")]
+    Missing(Cow<'static, str>),
+    /// The provider asks for something hookrelay refuses (an SNS
+    /// `SubscribeURL` outside Amazon's hosts), with the reason.
+    #[error("SubscribeURL refused: {0}")]
+    Refused(&'static str),
+    /// Element `index` of a batch could not be read.
+    #[error("element {index}: {reason}")]
+    Element { index: usize, reason: Box<ParseError> },
+    /// No element of a batch could be read; the first one's reason.
+    #[error("none of the {skipped} events can be read; {first}")]
+    NoElement { skipped: usize, first: Box<ParseError> },
 }
 
 /// One normalized event and the message it is about.
@@ -152,7 +170,7 @@ impl Batch {
     pub fn skip(&mut self, index: usize, error: ParseError) {
         self.parsed.skipped += 1;
         if self.parsed.skip_reason.is_none() {
-            self.parsed.skip_reason = Some(ParseError::new(format!("element {index}: {error}")));
+            self.parsed.skip_reason = Some(ParseError::Element { index, reason: Box::new(error) });
         }
     }
 
@@ -186,9 +204,7 @@ impl Batch {
         }
         match parsed.skip_reason.take() {
             Some(reason) if parsed.skipped == 1 => Err(reason),
-            Some(reason) => {
-                Err(ParseError::new(format!("none of the {} events can be read; {reason}", parsed.skipped)))
-            }
+            Some(reason) => Err(ParseError::NoElement { skipped: parsed.skipped, first: Box::new(reason) }),
             None => Ok(Parsed::ignore(empty)),
         }
     }

@@ -37,11 +37,11 @@ pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
 
 /// Parses one webhook into its event.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let data: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("the body is not JSON"))?;
+    let data: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::Shape("the body is not JSON"))?;
     if !data.is_object() {
-        return Err(ParseError::new("the body is not a JSON object"));
+        return Err(ParseError::Shape("the body is not a JSON object"));
     }
-    let record = str_field(&data, "RecordType").ok_or_else(|| ParseError::new("missing RecordType"))?;
+    let record = str_field(&data, "RecordType").ok_or_else(|| ParseError::Missing("RecordType".into()))?;
     Ok(Parsed::events(vec![parse_record(record, &data, ctx, req.received_at)]))
 }
 
@@ -472,7 +472,10 @@ mod tests {
             (br#"{"From":"inbound@example.com"}"#, "missing RecordType"),
             (br#"{"RecordType":1}"#, "missing RecordType"),
         ] {
-            assert_eq!(parse(&post(URL, &h, bad, 0), &context("postmark")), Err(ParseError::new(why)));
+            assert_eq!(
+                parse(&post(URL, &h, bad, 0), &context("postmark")).map_err(|e| e.to_string()),
+                Err(why.to_owned())
+            );
         }
     }
 

@@ -148,12 +148,12 @@ fn suppressed_reason(kind: &str) -> Reason {
 
 /// Parses one webhook into its event.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("the body is not JSON"))?;
+    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::Shape("the body is not JSON"))?;
     if !body.is_object() {
-        return Err(ParseError::new("the body is not a JSON object"));
+        return Err(ParseError::Shape("the body is not a JSON object"));
     }
-    let name = str_field(&body, "type").ok_or_else(|| ParseError::new("missing type"))?;
-    let data = body.get("data").filter(|d| d.is_object()).ok_or_else(|| ParseError::new("missing data"))?;
+    let name = str_field(&body, "type").ok_or_else(|| ParseError::Missing("type".into()))?;
+    let data = body.get("data").filter(|d| d.is_object()).ok_or_else(|| ParseError::Missing("data".into()))?;
 
     // `created_at` at the top is when the event happened; `data.created_at`
     // is when the email was created.
@@ -567,7 +567,10 @@ mod tests {
             (br#"{"type":"email.sent"}"#, "missing data"),
             (br#"{"type":"email.sent","data":[]}"#, "missing data"),
         ] {
-            assert_eq!(parse(&post(URL, &none, bad, 0), &context("resend")), Err(ParseError::new(why)));
+            assert_eq!(
+                parse(&post(URL, &none, bad, 0), &context("resend")).map_err(|e| e.to_string()),
+                Err(why.to_owned())
+            );
         }
     }
 

@@ -139,15 +139,13 @@ pub fn verify(req: &CallbackRequest<'_>, creds: &Credentials, now: i64) -> Resul
 
 /// Parses a batch into one callback per event.
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("the body is not JSON"))?;
+    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::Shape("the body is not JSON"))?;
     let events = match body {
         Value::Array(events) => events,
         event @ Value::Object(_) => vec![event],
-        _ => return Err(ParseError::new("the body is not a JSON array of events")),
+        _ => return Err(ParseError::Shape("the body is not a JSON array of events")),
     };
-    Batch::parse_each(&events, "empty event batch", |data| {
-        parse_event(data, ctx, req.received_at).map_err(ParseError::new)
-    })
+    Batch::parse_each(&events, "empty event batch", |data| parse_event(data, ctx, req.received_at))
 }
 
 /// SendGrid names the servers that handled a message in the segments of
@@ -211,11 +209,11 @@ fn error_text(data: &Value) -> String {
     }
 }
 
-fn parse_event(data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, String> {
+fn parse_event(data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
     if !data.is_object() {
-        return Err("not an object".into());
+        return Err(ParseError::Shape("not an object"));
     }
-    let name = str_field(data, "event").ok_or("missing `event`")?;
+    let name = str_field(data, "event").ok_or(ParseError::Missing("`event`".into()))?;
     let ts = data.get("timestamp").and_then(json_seconds_to_ms).unwrap_or(received_at);
     let recipient = str_field(data, "email").map(str::trim).filter(|r| !r.is_empty());
     let pmid = provider_message_id(data);
@@ -816,14 +814,14 @@ mod tests {
             (br#"[{"event":7}]"#, "element 0: missing `event`"),
             (br#"[{"event":7},2]"#, "none of the 2 events can be read; element 0: missing `event`"),
         ] {
-            assert_eq!(parse(&post(URL, &h, bad, 0), &ctx), Err(ParseError::new(why)));
+            assert_eq!(parse(&post(URL, &h, bad, 0), &ctx).map_err(|e| e.to_string()), Err(why.to_owned()));
         }
         // One unreadable element does not cost the batch its readable events.
         let body = br#"[{"event":"open","sg_message_id":"m1.filter1"},{"email":"x@example.com"},3]"#;
         let parsed = parse(&post(URL, &h, body, 0), &ctx).expect("the readable part parses");
         assert_eq!(parsed.callbacks.len(), 1);
         assert_eq!(parsed.skipped, 2);
-        assert_eq!(parsed.skip_reason, Some(ParseError::new("element 1: missing `event`")));
+        assert_eq!(parsed.skip_reason.map(|e| e.to_string()).as_deref(), Some("element 1: missing `event`"));
     }
 
     proptest! {

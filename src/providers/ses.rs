@@ -301,17 +301,15 @@ pub fn verify(
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
     let env = match serde_json::from_slice(req.body) {
         Ok(Value::Object(map)) => map,
-        _ => return Err(ParseError::new("unreadable JSON body")),
+        _ => return Err(ParseError::Unreadable("JSON body")),
     };
     match env.get("Type").and_then(Value::as_str) {
         Some("Notification") => notification(&env, ctx, req.received_at),
         Some("SubscriptionConfirmation") => {
-            let field = |key: &str| {
-                env.get(key).and_then(Value::as_str).ok_or_else(|| ParseError::new(format!("missing {key}")))
-            };
+            let field =
+                |key: &'static str| env.get(key).and_then(Value::as_str).ok_or_else(|| ParseError::Missing(key.into()));
             let (topic_arn, subscribe_url) = (field("TopicArn")?, field("SubscribeURL")?);
-            check_sns_url(subscribe_url, SnsUrl::Subscribe)
-                .map_err(|why| ParseError::new(format!("SubscribeURL refused: {why}")))?;
+            check_sns_url(subscribe_url, SnsUrl::Subscribe).map_err(ParseError::Refused)?;
             Ok(Parsed {
                 action: Some(Action::ConfirmSubscription {
                     topic_arn: topic_arn.to_owned(),
@@ -321,13 +319,13 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
             })
         }
         Some("UnsubscribeConfirmation") => Ok(Parsed::ignore("SNS message of type UnsubscribeConfirmation")),
-        Some(_) => Err(ParseError::new("unknown SNS message Type")),
-        None => Err(ParseError::new("missing Type")),
+        Some(_) => Err(ParseError::Shape("unknown SNS message Type")),
+        None => Err(ParseError::Missing("Type".into())),
     }
 }
 
 fn notification(env: &Map<String, Value>, ctx: &ParseContext, received_at: i64) -> Result<Parsed, ParseError> {
-    let message = env.get("Message").and_then(Value::as_str).ok_or_else(|| ParseError::new("missing Message"))?;
+    let message = env.get("Message").and_then(Value::as_str).ok_or_else(|| ParseError::Missing("Message".into()))?;
     // SES's "Successfully validated SNS topic for Amazon SES event
     // publishing." notice is plain text, as is anything else published to
     // the topic by hand.
@@ -347,7 +345,7 @@ fn notification(env: &Map<String, Value>, ctx: &ParseContext, received_at: i64) 
         "Received" => return Ok(Parsed::ignore("SES inbound mail notification")),
         _ => {}
     }
-    let mail = record.get("mail").filter(|m| m.is_object()).ok_or_else(|| ParseError::new("SES event without mail"))?;
+    let mail = record.get("mail").filter(|m| m.is_object()).ok_or(ParseError::Shape("SES event without mail"))?;
     let sns_message_id = env.get("MessageId").and_then(Value::as_str).filter(|id| !id.is_empty());
     Ok(Parsed::events(events(&record, mail, name, message, sns_message_id, ctx, received_at)))
 }

@@ -36,17 +36,17 @@ pub fn credentials(cfg: &SourceConfig) -> Result<Unsigned, FieldError> {
 /// Parses a batch into one event per element (pings and inbound relay
 /// events yield none).
 pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, ParseError> {
-    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::new("unreadable JSON body"))?;
+    let body: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::Unreadable("JSON body"))?;
     let items = match &body {
         Value::Array(items) => items.as_slice(),
         // SparkPost always sends an array; a lone element is read as one.
         Value::Object(_) => std::slice::from_ref(&body),
-        _ => return Err(ParseError::new("expected a JSON array of events")),
+        _ => return Err(ParseError::Shape("expected a JSON array of events")),
     };
     let mut batch = Batch::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Some(msys) = item.get("msys").and_then(Value::as_object) else {
-            batch.skip(i, ParseError::new("no msys object"));
+            batch.skip(i, ParseError::Shape("no msys object"));
             continue;
         };
         for (class, data) in msys {
@@ -55,7 +55,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
                 continue;
             }
             if !data.is_object() {
-                batch.skip(i, ParseError::new("the event is not an object"));
+                batch.skip(i, ParseError::Shape("the event is not an object"));
                 continue;
             }
             batch.add(i, parse_event(class, data, ctx, req.received_at));
@@ -117,7 +117,7 @@ fn error_text(data: &Value) -> String {
 }
 
 fn parse_event(class: &str, data: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
-    let name = str_field(data, "type").ok_or_else(|| ParseError::new("missing type"))?;
+    let name = str_field(data, "type").ok_or_else(|| ParseError::Missing("type".into()))?;
     // Unix seconds as a string, though generation events carry RFC 3339.
     let ts = data
         .get("timestamp")
@@ -444,7 +444,7 @@ mod tests {
         let body = br#"[{"nope":{}},{"msys":{"message_event":{"type":"delivery","transmission_id":"7"}}},{"msys":{"track_event":3}}]"#;
         let parsed = parse_body(body).expect("parses");
         assert_eq!((parsed.callbacks.len(), parsed.skipped), (1, 2));
-        assert_eq!(parsed.skip_reason, Some(ParseError::new("element 0: no msys object")));
+        assert_eq!(parsed.skip_reason.map(|e| e.to_string()).as_deref(), Some("element 0: no msys object"));
     }
 
     proptest! {

@@ -200,8 +200,7 @@ fn body_fields(body: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
     if !body.trim_ascii_start().starts_with(b"{") {
         return Ok(form_urlencoded::parse(body).into_owned().collect());
     }
-    let object: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| ParseError::new(format!("invalid JSON body: {e}")))?;
+    let object: Map<String, Value> = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
     Ok(object
         .into_iter()
         .filter_map(|(k, v)| match v {
@@ -217,10 +216,10 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
     let fields = body_fields(req.body)?;
     let status = field(&fields, "MessageStatus")
         .or_else(|| field(&fields, "SmsStatus"))
-        .ok_or_else(|| ParseError::new("missing MessageStatus"))?;
+        .ok_or_else(|| ParseError::Missing("MessageStatus".into()))?;
     let sid = field(&fields, "MessageSid")
         .or_else(|| field(&fields, "SmsSid"))
-        .ok_or_else(|| ParseError::new("missing MessageSid"))?;
+        .ok_or_else(|| ParseError::Missing("MessageSid".into()))?;
     let error_code = field(&fields, "ErrorCode").map(str::trim).unwrap_or("");
     let hookrelay_id = form_urlencoded::parse(req.query.as_bytes())
         .find(|(k, _)| *k == ctx.id_field.as_str())

@@ -284,7 +284,7 @@ pub fn parse(req: &CallbackRequest<'_>, ctx: &ParseContext) -> Result<Parsed, Pa
     let callback = match messages_body(req) {
         Some(body) => parse_status(&body, ctx, req.received_at)?,
         None => {
-            let params = sms_params(req).map_err(|what| ParseError::new(format!("unreadable {what}")))?;
+            let params = sms_params(req).map_err(ParseError::Unreadable)?;
             parse_receipt(&params, ctx, req.received_at)?
         }
     };
@@ -341,8 +341,8 @@ fn dlr_reason(code: &str) -> Reason {
 
 fn parse_receipt(params: &[(String, String)], ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
     let get = |name| param(params, name).map(str::trim).filter(|v| !v.is_empty());
-    let message_id = get("messageId").ok_or_else(|| ParseError::new("missing messageId"))?;
-    let status = get("status").ok_or_else(|| ParseError::new("missing status"))?;
+    let message_id = get("messageId").ok_or_else(|| ParseError::Missing("messageId".into()))?;
+    let status = get("status").ok_or_else(|| ParseError::Missing("status".into()))?;
     let err_code = get("err-code").unwrap_or("");
     let scts = get("scts").unwrap_or("");
     let ts = get("message-timestamp").and_then(message_timestamp_ms).or_else(|| scts_ms(scts)).unwrap_or(received_at);
@@ -380,8 +380,8 @@ fn text(value: Option<&Value>) -> Option<String> {
 
 fn parse_status(body: &Value, ctx: &ParseContext, received_at: i64) -> Result<Callback, ParseError> {
     let uuid = str_field(body, "message_uuid").filter(|u| !u.is_empty());
-    let uuid = uuid.ok_or_else(|| ParseError::new("message_uuid is not a string"))?;
-    let status = str_field(body, "status").ok_or_else(|| ParseError::new("missing status"))?;
+    let uuid = uuid.ok_or(ParseError::Shape("message_uuid is not a string"))?;
+    let status = str_field(body, "status").ok_or_else(|| ParseError::Missing("status".into()))?;
     let timestamp = str_field(body, "timestamp").unwrap_or("");
     let ts = common::rfc3339_to_ms(timestamp).unwrap_or(received_at);
     let key = key_from_parts(ctx, &[uuid.as_bytes(), status.as_bytes(), timestamp.as_bytes()]);

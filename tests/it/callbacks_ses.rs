@@ -3,18 +3,24 @@
 //! subscription confirmations gated on `topic_arns`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use hookrelay::app::Services;
 use hookrelay::config::SourceConfig;
+use hookrelay::http::callbacks::SnsClient;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestDb, start_with, test_config};
 
 backend_tests!(
     a_signed_notification_lands_in_the_history,
     a_bounce_to_three_recipients_records_three_events,
     forged_and_foreign_notifications_are_refused,
     subscriptions_are_confirmed_only_for_allowed_topics,
+    a_failed_confirmation_answers_503,
+    an_unpinned_source_fetches_the_certificate_once,
+    an_unreachable_certificate_answers_503,
 );
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-events";
@@ -38,12 +44,55 @@ fn ses_source(name: &str, topic: &str) -> SourceConfig {
     }
 }
 
+/// Amazon SNS as the test sets it up: serves the fixtures' certificate (or
+/// fails), accepts (or fails) confirmations, and records what was asked.
+#[derive(Debug, Default)]
+struct FakeSns {
+    certificate: Option<Vec<u8>>,
+    confirms: bool,
+    asked: Mutex<Vec<String>>,
+}
+
+impl FakeSns {
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("asked").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SnsClient for FakeSns {
+    async fn certificate(&self, url: &str, _limit: usize) -> Result<Vec<u8>, String> {
+        self.asked.lock().expect("asked").push(format!("certificate {url}"));
+        self.certificate.clone().ok_or_else(|| "connection refused".to_owned())
+    }
+
+    async fn confirm(&self, url: &str) -> Result<(), String> {
+        self.asked.lock().expect("asked").push(format!("confirm {url}"));
+        if self.confirms { Ok(()) } else { Err("status 500".into()) }
+    }
+}
+
+async fn spawn_with(backend: Backend, sns: Arc<FakeSns>, pinned: bool) -> Option<TestApp> {
+    let db = TestDb::new(backend).await?;
+    let mut config = test_config(&db);
+    for (name, topic) in [("ses", TOPIC), ("ses-other", "arn:aws:sns:eu-west-1:123456789012:other-events")] {
+        let mut source = ses_source(name, topic);
+        if !pinned {
+            source.certificate_file = None;
+        }
+        config.sources.push(source);
+    }
+    Some(start_with(config, db, Services { sns: Some(sns) }).await)
+}
+
 async fn spawn(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |c| {
-        c.sources.push(ses_source("ses", TOPIC));
-        c.sources.push(ses_source("ses-other", "arn:aws:sns:eu-west-1:123456789012:other-events"));
-    })
-    .await
+    spawn_with(backend, Arc::new(FakeSns { confirms: true, ..FakeSns::default() }), true).await
+}
+
+fn subscribe_url() -> String {
+    let confirmation: Value = serde_json::from_slice(&fixture("generated-hookrelay-v1-subscription-confirmation.json"))
+        .expect("fixture is JSON");
+    confirmation["SubscribeURL"].as_str().expect("SubscribeURL").to_owned()
 }
 
 /// Posts `body` to `/callbacks/{source}` as SNS does: `text/plain` and the
@@ -129,16 +178,57 @@ async fn forged_and_foreign_notifications_are_refused(backend: Backend) {
 }
 
 async fn subscriptions_are_confirmed_only_for_allowed_topics(backend: Backend) {
-    let Some(app) = spawn(backend).await else { return };
+    let sns = Arc::new(FakeSns { confirms: true, ..FakeSns::default() });
+    let Some(app) = spawn_with(backend, sns.clone(), true).await else { return };
     let foreign = fixture("generated-hookrelay-v1-subscription-confirmation-other-topic.json");
-    let (status, body) = sns(&app, "ses", foreign).await;
+    let (status, body) = sns_post(&app, foreign).await;
     assert_eq!(status, 403, "{body}");
-    // The allowed topic: hookrelay GETs the SubscribeURL. There is no
-    // network here, so it answers 503 (SNS retries); with one, 200.
-    let (status, body) = sns(&app, "ses", fixture("generated-hookrelay-v1-subscription-confirmation.json")).await;
-    assert!(status == 503 || status == 200, "{status} {body}");
-    if status == 200 {
-        assert_eq!(body, json!({"accepted": 0, "duplicates": 0}));
-    }
+    assert!(sns.asked().is_empty(), "a foreign topic's SubscribeURL is never visited");
+    // The allowed topic: hookrelay visits the SubscribeURL, once.
+    let (status, body) = sns_post(&app, fixture("generated-hookrelay-v1-subscription-confirmation.json")).await;
+    assert_eq!((status, body.clone()), (200, json!({"accepted": 0, "duplicates": 0})), "{body}");
+    assert_eq!(sns.asked(), [format!("confirm {}", subscribe_url())]);
+    nothing_recorded(&app).await;
+}
+
+async fn sns_post(app: &TestApp, body: Vec<u8>) -> (u16, Value) {
+    sns(app, "ses", body).await
+}
+
+/// SNS retries a confirmation that gets no 2xx: when visiting the
+/// SubscribeURL fails, the answer is 503.
+async fn a_failed_confirmation_answers_503(backend: Backend) {
+    let sns = Arc::new(FakeSns::default());
+    let Some(app) = spawn_with(backend, sns.clone(), true).await else { return };
+    let (status, body) = sns_post(&app, fixture("generated-hookrelay-v1-subscription-confirmation.json")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "api_error");
+    assert_eq!(sns.asked(), [format!("confirm {}", subscribe_url())]);
+}
+
+/// Without a pinned certificate the signing certificate is fetched from
+/// the `SigningCertURL`, kept once it verified a signature, and not
+/// fetched again.
+async fn an_unpinned_source_fetches_the_certificate_once(backend: Backend) {
+    let pem = std::fs::read(fixture_path("generated-hookrelay-cert.pem")).expect("certificate");
+    let sns = Arc::new(FakeSns { certificate: Some(pem), ..FakeSns::default() });
+    let Some(app) = spawn_with(backend, sns.clone(), false).await else { return };
+    let (status, body) = sns_post(&app, fixture("generated-hookrelay-v2-delivery.json")).await;
+    assert_eq!((status, body.clone()), (200, json!({"accepted": 1, "duplicates": 0})), "{body}");
+    let (status, _) = sns_post(&app, fixture("generated-hookrelay-v1-send.json")).await;
+    assert_eq!(status, 200);
+    let asked = sns.asked();
+    assert_eq!(asked.len(), 1, "fetched once, then from the cache: {asked:?}");
+    assert!(asked[0].starts_with("certificate https://sns.") && asked[0].ends_with(".pem"), "{asked:?}");
+}
+
+/// A certificate that cannot be fetched is not the sender's fault: 503, so
+/// SNS retries, and nothing is recorded.
+async fn an_unreachable_certificate_answers_503(backend: Backend) {
+    let sns = Arc::new(FakeSns::default());
+    let Some(app) = spawn_with(backend, sns.clone(), false).await else { return };
+    let (status, body) = sns_post(&app, fixture("generated-hookrelay-v2-delivery.json")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(sns.asked().len(), 1);
     nothing_recorded(&app).await;
 }

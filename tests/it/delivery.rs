@@ -6,7 +6,7 @@
 //! wait on timers; tests about concurrency and wake-ups use the running
 //! worker and wait for the subscriber to receive requests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookrelay::config::{Config, DeliveryConfig};
 use hookrelay::delivery::client::{Client, EXCERPT_BYTES};
@@ -18,7 +18,7 @@ use hookrelay::domain::{DeliveryId, MessageId, SubscriptionId};
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with};
 use crate::sink::{Reply, Sink};
 
 backend_tests!(
@@ -153,15 +153,12 @@ async fn status_changes_arrive_signed_and_in_order(backend: Backend) {
         json!([{"attempt": 1, "started_at": d["attempts"][0]["started_at"], "latency_ms": d["attempts"][0]["latency_ms"], "status_code": 204}])
     );
     // Outcomes are recorded in batches, just after the answer.
-    let mut states = Vec::new();
-    for _ in 0..100 {
-        states = deliveries(&app, &sub).await.iter().map(|d| d["state"].as_str().unwrap_or("").to_owned()).collect();
-        if states.iter().all(|s| s == "succeeded") && states.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(states, ["succeeded"; 3]);
+    eventually("three deliveries recorded as succeeded", || async {
+        let states: Vec<_> =
+            deliveries(&app, &sub).await.iter().map(|d| d["state"].as_str().unwrap_or("").to_owned()).collect();
+        (states == ["succeeded"; 3]).then_some(())
+    })
+    .await;
     let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("hookrelay_deliveries_total{outcome=\"succeeded\"}"), "deliveries by outcome");
     assert!(metrics.contains("hookrelay_delivery_attempt_seconds"), "attempt latency");
@@ -284,18 +281,21 @@ async fn gone_disables_the_subscription_and_client_errors_fail_at_once(backend: 
 async fn a_slow_endpoint_never_holds_back_another(backend: Backend) {
     let Some(app) = spawn_app_with(backend, fast).await else { return };
     let (slow, quick) = (Sink::start().await, Sink::start().await);
-    slow.script((0..6).map(|_| Reply::Slow(Duration::from_millis(600), 204)));
+    // The slow endpoint answers nothing until the quick one has everything.
+    slow.script((0..6).map(|_| Reply::Held(204)));
     subscribe(&app, json!({"url": slow.url("/"), "max_in_flight": 2})).await;
     subscribe(&app, json!({"url": quick.url("/")})).await;
-    let started = Instant::now();
     for i in 0..6 {
         app.register(json!({"id": format!("s{i}")})).await;
     }
-    quick.take(6).await;
-    let quick_done = started.elapsed();
+    let quick_got = quick.take(6).await;
+    slow.wait_started(2).await;
+    assert_eq!(slow.started(), 2, "the slow endpoint holds its two requests and gets no more meanwhile");
+    slow.release();
     let slow_got = slow.take(6).await;
-    let slow_done = started.elapsed();
-    assert!(quick_done < slow_done, "the quick endpoint finished first ({quick_done:?} vs {slow_done:?})");
+    let last_quick = quick_got.iter().map(|r| r.at).max().expect("six");
+    let first_slow = slow_got.iter().map(|r| r.at).min().expect("six");
+    assert!(last_quick < first_slow, "every quick delivery was answered before the slow endpoint answered once");
     assert_eq!(slow.most_at_once(), 2, "max_in_flight holds");
     assert!(slow_got.iter().all(|r| r.json()["type"] == "message:updated"));
 }
@@ -701,7 +701,7 @@ async fn shutdown_finishes_attempts_and_releases_the_rest(backend: Backend) {
     }
     // Stop while the first attempt is in flight: it finishes; the others
     // are released, not lost.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.wait_started(1).await;
     let config = crate::helpers::test_config(&app.db);
     let db = app.stop().await;
     let first = sink.next().await;
@@ -717,15 +717,12 @@ async fn shutdown_finishes_attempts_and_releases_the_rest(backend: Backend) {
     ids.sort();
     assert_eq!(ids, ["sd0", "sd1", "sd2"], "every delivery arrives exactly once across the restart");
     sink.assert_quiet(Duration::from_millis(300)).await;
-    let mut states = Vec::new();
-    for _ in 0..100 {
-        states = deliveries(&again, &sub).await.iter().map(|d| d["state"].clone()).collect();
-        if states.iter().all(|s| s == "succeeded") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(states, vec![json!("succeeded"); 3]);
+    eventually("all three deliveries recorded as succeeded", || async {
+        let states: Vec<_> =
+            deliveries(&again, &sub).await.iter().map(|d| d["state"].as_str().unwrap_or("").to_owned()).collect();
+        (states == ["succeeded"; 3]).then_some(())
+    })
+    .await;
 }
 
 async fn a_subscription_failing_too_long_is_disabled(backend: Backend) {

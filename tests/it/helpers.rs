@@ -145,9 +145,14 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
 }
 
 pub async fn start(config: Config, db: TestDb) -> TestApp {
+    start_with(config, db, hookrelay::app::Services::default()).await
+}
+
+/// [`start`] with outside services (Amazon SNS) stood in for.
+pub async fn start_with(config: Config, db: TestDb, services: hookrelay::app::Services) -> TestApp {
     hookrelay::net::install_crypto_provider();
     hookrelay::telemetry::init_logging(&config.log);
-    let app = Application::build(config).await.expect("build the application");
+    let app = Application::build_with(config, services).await.expect("build the application");
     let addr = app.local_addr();
     let store = app.store();
     let generated_key = app.generated_api_key().map(str::to_owned);
@@ -254,4 +259,23 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// Polls `check` until it gives a value (every 10 ms, at most 10 s), for
+/// state committed in the background that sends no signal a test could
+/// wait on (delivery outcomes, queued tracking hits).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within 10 s: {what}");
+    }
 }

@@ -110,7 +110,11 @@ async fn state_for(store: Arc<dyn Store>, queue_capacity: usize) -> (Arc<AppStat
         keys,
         metrics: hookrelay::telemetry::metrics_handle(),
         retry_after: config.retry_after_seconds,
-        callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://127.0.0.1".into()),
+        callbacks: hookrelay::http::callbacks::Callbacks::new(
+            Vec::new(),
+            "http://127.0.0.1".into(),
+            Arc::new(hookrelay::http::callbacks::SnsHttp::new().expect("sns client")),
+        ),
         delivery,
         address_policy: Default::default(),
         tracking: hookrelay::tracking::Tracking::disabled(),
@@ -175,6 +179,7 @@ async fn a_database_that_is_down_answers_503() {
     let ready =
         app.clone().oneshot(Request::get("/readyz").body(Body::empty()).expect("request")).await.expect("response");
     assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
     let list = app
         .oneshot(
             Request::get("/messages")
@@ -185,6 +190,11 @@ async fn a_database_that_is_down_answers_503() {
         .await
         .expect("response");
     assert_eq!(list.status(), 503);
+    assert_eq!(
+        list.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("7"),
+        "a read that meets a database outage asks for the configured wait, as ingest does"
+    );
     stop.cancel();
     writer.await.expect("writer stops");
 }
@@ -218,4 +228,25 @@ async fn a_stuck_row_answers_503_and_recovers() {
     client.batch_execute("ROLLBACK").await.expect("unlock");
     let (status, m) = app.post("/messages/locked/events", json!({"status": "SENT"})).await;
     assert_eq!((status, m["status"].clone()), (202, json!("SENT")));
+}
+
+/// Tracking with no key is a configuration matter: 503 in the usual error
+/// shape, without a `Retry-After` that would invite pointless retries.
+#[tokio::test]
+async fn tracking_without_keys_answers_503_without_retry_after() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = hookrelay::store::open(&test_config(&db).database).await.expect("store");
+    let (state, _writer) = state_for(store, 16).await;
+    let request = Request::post("/tracking/links")
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .header("content-type", "application/json")
+        .body(Body::from(json!({ "message_id": "m1", "url": "https://example.com/" }).to_string()))
+        .expect("request");
+    let response = router(state, 1 << 20).oneshot(request).await.expect("response");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_none());
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["type"], "api_error");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("key")), "{body}");
 }

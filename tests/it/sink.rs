@@ -1,6 +1,7 @@
 //! A subscriber endpoint on loopback for tests: records every request,
-//! answers from a script (204 when the script is empty), and tracks how many
-//! requests it is handling at once.
+//! answers from a script (204 when the script is empty), tracks how many
+//! requests it is handling at once, and signals when requests start, so a
+//! test waits for progress instead of sleeping to guess it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub enum Reply {
     Slow(Duration, u16),
     /// A status, a header and a body.
     With(u16, &'static str, &'static str, String),
+    /// Hold the request until [`Sink::release`], then answer.
+    Held(u16),
 }
 
 /// One request the sink received.
@@ -31,6 +34,7 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it was answered.
     pub at: Instant,
 }
 
@@ -44,11 +48,14 @@ impl Received {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
     now: AtomicUsize,
     most: AtomicUsize,
+    /// Requests that have arrived so far.
+    started: tokio::sync::watch::Sender<usize>,
+    /// Opened by [`Sink::release`].
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 pub struct Sink {
@@ -64,6 +71,7 @@ struct AppState {
 }
 
 async fn handle(State(state): State<AppState>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+    state.shared.started.send_modify(|n| *n += 1);
     let now = state.shared.now.fetch_add(1, Ordering::SeqCst) + 1;
     state.shared.most.fetch_max(now, Ordering::SeqCst);
     let reply = state.shared.script.lock().expect("lock").pop_front().unwrap_or(Reply::Status(204));
@@ -74,6 +82,10 @@ async fn handle(State(state): State<AppState>, uri: axum::http::Uri, headers: He
             (s, None)
         }
         Reply::With(s, name, value, body) => (s, Some((name, value, body))),
+        Reply::Held(s) => {
+            let _ = state.shared.gate.subscribe().wait_for(|open| *open).await;
+            (s, None)
+        }
     };
     state.shared.now.fetch_sub(1, Ordering::SeqCst);
     let _ = state.tx.send(Received { path: uri.path().to_owned(), headers, body, at: Instant::now() });
@@ -87,7 +99,13 @@ async fn handle(State(state): State<AppState>, uri: axum::http::Uri, headers: He
 impl Sink {
     pub async fn start() -> Sink {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            script: Mutex::default(),
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            started: tokio::sync::watch::channel(0).0,
+            gate: tokio::sync::watch::channel(false).0,
+        });
         let app = axum::Router::new().fallback(handle).with_state(AppState { tx, shared: shared.clone() });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -128,6 +146,25 @@ impl Sink {
         if let Ok(Some(r)) = tokio::time::timeout(wait, rx.recv()).await {
             panic!("unexpected delivery: {}", String::from_utf8_lossy(&r.body));
         }
+    }
+
+    /// Waits until `n` requests have arrived (at most 10 s), answered or not.
+    pub async fn wait_started(&self, n: usize) {
+        let mut started = self.shared.started.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), started.wait_for(|count| *count >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests within 10 s"))
+            .expect("the sink is running");
+    }
+
+    /// Requests that have arrived so far.
+    pub fn started(&self) -> usize {
+        *self.shared.started.borrow()
+    }
+
+    /// Lets every held request (and any later one) be answered.
+    pub fn release(&self) {
+        self.shared.gate.send_replace(true);
     }
 
     /// The most requests it was handling at once.

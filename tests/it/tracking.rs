@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::backend_tests;
-use crate::helpers::{API_KEY, Backend, TestApp, TestDb, spawn_app_with, start, test_config};
+use crate::helpers::{API_KEY, Backend, TestApp, TestDb, eventually, spawn_app_with, start, test_config};
 
 backend_tests!(
     a_rewritten_email_is_opened_and_clicked,
@@ -105,20 +105,19 @@ async fn hit(client: &reqwest::Client, method: reqwest::Method, url: &str, ua: O
     request.send().await.expect("send")
 }
 
-/// Polls a message's history until it has `n` entries of `kind` (at most 5 s).
+/// Waits until a message's history has `n` entries of `kind` (hits are
+/// queued without waiting for their commit).
 async fn wait_for(app: &TestApp, id: &str, kind: &str, n: usize) -> Vec<Value> {
-    for _ in 0..100 {
+    eventually(&format!("message {id} has {n} {kind} entries"), || async {
         let (status, body) = app.get(&format!("/messages/{id}/history")).await;
-        if status == 200 {
-            let entries: Vec<Value> =
-                body["results"].as_array().expect("results").iter().filter(|e| e["type"] == kind).cloned().collect();
-            if entries.len() >= n {
-                return entries;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("message {id} never got {n} {kind} entries");
+        let entries: Vec<Value> = if status == 200 {
+            body["results"].as_array().expect("results").iter().filter(|e| e["type"] == kind).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (entries.len() >= n).then_some(entries)
+    })
+    .await
 }
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
@@ -507,7 +506,11 @@ async fn overload_never_blocks_a_hit() {
         keys: ApiKeys::load(&[Secret::new(API_KEY)], store.clone()).await.into(),
         metrics: hookrelay::telemetry::metrics_handle(),
         retry_after: 1,
-        callbacks: hookrelay::http::callbacks::Callbacks::new(Vec::new(), "http://relay.test".into()),
+        callbacks: hookrelay::http::callbacks::Callbacks::new(
+            Vec::new(),
+            "http://relay.test".into(),
+            Arc::new(hookrelay::http::callbacks::SnsHttp::new().expect("sns client")),
+        ),
         delivery,
         address_policy: Default::default(),
         tracking: tracking.clone(),
