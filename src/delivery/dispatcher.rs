@@ -11,6 +11,12 @@
 //! retry backlog never starves fresh status updates, and skip subscriptions
 //! this process cannot serve now, so a slow endpoint never holds the others.
 //!
+//! Isolation holds at any backlog because no buffer is shared: each
+//! subscription holds at most its [`Admission`] budget in memory (about two
+//! seconds of what its endpoint gets through), the rest waits unleased in
+//! the outbox; and no subscription takes more than its share of the
+//! process-wide concurrency while others have work.
+//!
 //! Attempts run as tasks and report to the scheduler; outcomes go to a
 //! recorder task that writes them in batches (state, attempt log,
 //! subscription health) in one transaction each. A lease outlives an attempt
@@ -20,7 +26,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,6 +34,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, budget};
 use super::attempt::{Done, attempt};
 use super::backoff::RetryPolicy;
 use super::client::Client;
@@ -47,6 +53,10 @@ use crate::store::{Claim, Handoff, Store};
 const LEASE_MARGIN_MS: i64 = 5_000;
 /// How often the subscription cache is reloaded even without a change signal.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often each subscription's budget follows its throughput.
+const TUNE_EVERY: Duration = Duration::from_secs(1);
+/// Most deliveries held in memory for all subscriptions together.
+const LOCAL_LIMIT: usize = 65_536;
 
 /// Settings derived from the configuration.
 #[derive(Debug, Clone)]
@@ -97,6 +107,10 @@ struct Lane {
     bucket: Option<Bucket>,
     /// Whether it is in the round-robin order.
     scheduled: bool,
+    /// Attempts finished since the last budget tuning.
+    done: u32,
+    /// Attempts finished per second, smoothed.
+    rate: f64,
 }
 
 /// The worker. Build with [`Dispatcher::new`], then [`Dispatcher::run`].
@@ -107,7 +121,7 @@ pub struct Dispatcher {
     worker: String,
     wake: Arc<Notify>,
     changed: Arc<Notify>,
-    accepting: Arc<AtomicBool>,
+    admission: Arc<Admission>,
     handoff_rx: mpsc::Receiver<Vec<Job>>,
     subscriptions: HashMap<SubscriptionId, Arc<Subscription>>,
     lanes: HashMap<SubscriptionId, Lane>,
@@ -140,10 +154,6 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-/// Deliveries queued in memory beyond which committed work is left for
-/// claims rather than handed off (each holds its payload, about 1 KB).
-const HANDOFF_QUEUE_LIMIT: usize = 8_192;
-
 impl Dispatcher {
     /// The worker, the ingest writer's hand-off into it, and a handle for the API.
     pub fn new(store: Arc<dyn Store>, config: &DeliveryConfig) -> (Dispatcher, Arc<dyn Handoff>, DeliveryHandle) {
@@ -160,16 +170,11 @@ impl Dispatcher {
         );
         let worker = format!("w_{}", uuid::Uuid::now_v7().simple());
         let (tx, handoff_rx) = mpsc::channel(1_024);
-        let accepting = Arc::new(AtomicBool::new(true));
+        let admission = Arc::new(Admission::default());
         let wake = Arc::new(Notify::new());
         let changed = Arc::new(Notify::new());
-        let handoff = Arc::new(WriterHandoff {
-            tx,
-            accepting: accepting.clone(),
-            wake: wake.clone(),
-            worker: worker.clone(),
-            lease: settings.lease,
-        });
+        let handoff =
+            Arc::new(WriterHandoff { tx, admission: admission.clone(), worker: worker.clone(), lease: settings.lease });
         let handle = DeliveryHandle {
             wake: wake.clone(),
             changed: changed.clone(),
@@ -185,7 +190,7 @@ impl Dispatcher {
             worker,
             wake,
             changed,
-            accepting,
+            admission,
             handoff_rx,
             subscriptions: HashMap::new(),
             lanes: HashMap::new(),
@@ -210,6 +215,7 @@ impl Dispatcher {
             self.settings.disable_after_ms,
             record_rx,
             self.changed.clone(),
+            self.wake.clone(),
         ));
         let listen_stop = shutdown.child_token();
         let listener = {
@@ -225,16 +231,13 @@ impl Dispatcher {
         // (attempts ending, hand-offs) must never postpone it, or due retries
         // would wait for a quiet moment.
         let mut next_poll = Instant::now() + self.settings.poll;
+        let mut tune = tokio::time::interval(TUNE_EVERY);
+        tune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if claim_due {
                 claim_due = self.claim(&record_tx).await;
             }
-            self.dispatch(&record_tx);
-            // Hand-offs are taken while the local queue is below a few
-            // batches' worth (a batch of 1,000 events to 4 subscribers is
-            // 4,000 deliveries); beyond that new work waits in the database.
-            self.accepting
-                .store(self.queued < HANDOFF_QUEUE_LIMIT.max(self.settings.concurrency * 4), Ordering::Relaxed);
+            claim_due |= self.dispatch(&record_tx);
             metrics::gauge!("hookrelay_delivery_in_flight").set(self.in_flight as f64);
             metrics::gauge!("hookrelay_delivery_local_queue").set(self.queued as f64);
             let token = self.next_token();
@@ -248,12 +251,13 @@ impl Dispatcher {
                     last_refresh = Instant::now();
                 }
                 Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
-                    self.joined(joined, &record_tx);
+                    claim_due |= self.joined(joined, &record_tx);
                     claim_due |= self.room_again();
                 }
                 Some(jobs) = self.handoff_rx.recv() => {
-                    self.enqueue(jobs, &record_tx).await;
+                    claim_due |= self.enqueue(jobs, false, &record_tx).await;
                 }
+                _ = tune.tick() => claim_due |= self.tune(),
                 () = self.wake.notified() => claim_due = true,
                 // A rate-limited lane gets its next token: dispatch, no claim.
                 () = tokio::time::sleep_until(token.unwrap_or(next_poll)), if token.is_some_and(|t| t < next_poll) => {}
@@ -269,7 +273,7 @@ impl Dispatcher {
         }
 
         // Shutdown: nothing new; what is queued goes back to the database.
-        self.accepting.store(false, Ordering::Relaxed);
+        self.admission.close();
         listen_stop.cancel();
         self.handoff_rx.close();
         while let Some(jobs) = self.handoff_rx.recv().await {
@@ -285,7 +289,9 @@ impl Dispatcher {
         let deadline = Instant::now() + grace;
         while !self.attempts.is_empty() {
             match tokio::time::timeout_at(deadline, self.attempts.join_next_with_id()).await {
-                Ok(Some(joined)) => self.joined(joined, &record_tx),
+                Ok(Some(joined)) => {
+                    self.joined(joined, &record_tx);
+                }
                 Ok(None) => {}
                 Err(_) => {
                     tracing::warn!(
@@ -307,7 +313,7 @@ impl Dispatcher {
     /// Claims due work into the local queues; returns whether to claim again
     /// at once (the claim came back full).
     async fn claim(&mut self, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
-        let room = (self.settings.concurrency * 2).saturating_sub(self.queued);
+        let room = LOCAL_LIMIT.saturating_sub(self.queued);
         if room == 0 {
             self.held_back = Some(HeldBack { no_room: true, lanes: Vec::new() });
             return false;
@@ -315,17 +321,19 @@ impl Dispatcher {
         let n = room.min(self.settings.claim_batch);
         let first = (n * 3).div_ceil(4).max(1);
         let retries = n.saturating_sub(first).max(1);
-        let exclude = self
+        // Subscriptions whose budget is spent, or whose rate limit has two
+        // seconds' worth queued, get nothing more now.
+        let limited: Vec<SubscriptionId> = self
             .lanes
             .iter()
-            .filter(|(id, lane)| {
-                let max = self.max_in_flight(id);
-                lane.queue.len() >= max * 2
-                    || lane.bucket.as_ref().is_some_and(|b| lane.queue.len() as f64 >= b.rate * 2.0)
-            })
+            .filter(|(_, lane)| lane.bucket.as_ref().is_some_and(|b| lane.queue.len() as f64 >= b.rate * 2.0))
             .map(|(id, _)| id.clone())
-            .collect::<Vec<_>>();
-        self.held_back = (!exclude.is_empty()).then(|| HeldBack { no_room: false, lanes: exclude.clone() });
+            .collect();
+        self.held_back = (!limited.is_empty()).then(|| HeldBack { no_room: false, lanes: limited.clone() });
+        let mut exclude = self.admission.full();
+        exclude.extend(limited);
+        exclude.sort_unstable();
+        exclude.dedup();
         let now = now_ms();
         let claim = Claim {
             lease: Lease { worker: self.worker.clone(), until: now + self.settings.lease_ms() },
@@ -342,7 +350,7 @@ impl Dispatcher {
                 let full = firsts >= first || jobs.len() - firsts >= retries;
                 if !jobs.is_empty() {
                     metrics::counter!("hookrelay_delivery_claimed_total").increment(jobs.len() as u64);
-                    self.enqueue(jobs, record_tx).await;
+                    self.enqueue(jobs, true, record_tx).await;
                 }
                 full
             }
@@ -354,26 +362,64 @@ impl Dispatcher {
     }
 
     /// Whether what held the last claim back has eased: room for half of
-    /// the local queue again, or a held-back lane down to one round of
-    /// attempts.
+    /// the local limit again, or a rate-limited lane down to one round of
+    /// attempts. (A subscription whose budget was spent says so itself,
+    /// through [`Admission::left`].)
     fn room_again(&self) -> bool {
         let Some(held) = &self.held_back else { return false };
-        (held.no_room && self.queued < self.settings.concurrency)
+        (held.no_room && self.queued < LOCAL_LIMIT / 2)
             || held.lanes.iter().any(|id| self.lanes.get(id).is_none_or(|l| l.queue.len() < self.max_in_flight(id)))
+    }
+
+    /// Follows each subscription's throughput with its budget; returns
+    /// whether one grew enough to claim what it left in the outbox.
+    fn tune(&mut self) -> bool {
+        let share = self.share();
+        let mut claim = false;
+        for (id, lane) in &mut self.lanes {
+            lane.rate = 0.5 * lane.rate + 0.5 * f64::from(lane.done) / TUNE_EVERY.as_secs_f64();
+            lane.done = 0;
+            let max =
+                self.subscriptions.get(id).and_then(|s| s.max_in_flight).unwrap_or(self.settings.default_max_in_flight);
+            claim |= self.admission.set_budget(id, budget(lane.rate, (max as usize).min(share)));
+        }
+        claim
     }
 
     fn max_in_flight(&self, id: &SubscriptionId) -> usize {
         self.subscriptions.get(id).and_then(|s| s.max_in_flight).unwrap_or(self.settings.default_max_in_flight) as usize
     }
 
-    async fn enqueue(&mut self, jobs: Vec<Job>, record_tx: &mpsc::UnboundedSender<Record>) {
+    /// Queues jobs handed over (already counted by the admission) or
+    /// `claimed`; a claimed subscription's jobs beyond its budget go back
+    /// to the outbox at once. Returns whether to claim again.
+    async fn enqueue(&mut self, jobs: Vec<Job>, claimed: bool, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
         if jobs.iter().any(|j| !self.subscriptions.contains_key(&j.subscription_id)) {
             // Created moments ago (perhaps by another process).
             self.refresh().await;
         }
+        let mut claim = false;
+        let mut room: HashMap<SubscriptionId, usize> = HashMap::new();
         for job in jobs {
             let usable = self.subscriptions.get(&job.subscription_id).is_some_and(|s| s.enabled);
-            if !usable {
+            let admitted = usable
+                && (!claimed || {
+                    let left = room
+                        .entry(job.subscription_id.clone())
+                        .or_insert_with(|| self.admission.room(&job.subscription_id));
+                    let fits = *left > 0;
+                    *left = left.saturating_sub(1);
+                    if fits {
+                        self.admission.arrived(&job.subscription_id, 1);
+                    } else {
+                        self.admission.left_behind(&job.subscription_id);
+                    }
+                    fits
+                });
+            if !admitted {
+                if !claimed {
+                    claim |= self.admission.left(&job.subscription_id, 1);
+                }
                 let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                 continue;
             }
@@ -394,16 +440,30 @@ impl Dispatcher {
             lane.queue.push_back(job);
             self.queued += 1;
         }
+        claim
     }
 
-    /// Starts attempts, one per subscription per round, while limits allow.
-    fn dispatch(&mut self, record_tx: &mpsc::UnboundedSender<Record>) {
+    /// The most attempts one subscription may have running: its share of
+    /// three quarters of the process-wide cap among the subscriptions with
+    /// work (recent work included), so that one endpoint that holds every
+    /// request never takes the slots the others need; the last quarter
+    /// stays free for a subscription that wakes up.
+    fn share(&self) -> usize {
+        let busy = self.lanes.values().filter(|l| !l.queue.is_empty() || l.in_flight > 0 || l.rate >= 1.0).count();
+        ((self.settings.concurrency * 3 / 4) / busy.max(1)).max(1)
+    }
+
+    /// Starts attempts, one per subscription per round, while limits
+    /// allow; returns whether to claim (work given back made room).
+    fn dispatch(&mut self, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
         let now = Instant::now();
         let now_ms = now_ms();
+        let share = self.share();
+        let mut claim = false;
         let mut idle_visits = 0;
         while self.in_flight < self.settings.concurrency && idle_visits < self.order.len() {
             let Some(id) = self.order.pop_front() else { break };
-            let max = self.max_in_flight(&id);
+            let max = self.max_in_flight(&id).min(share);
             let sub = self.subscriptions.get(&id).cloned();
             let Some(lane) = self.lanes.get_mut(&id) else { continue };
             let mut started = false;
@@ -412,6 +472,7 @@ impl Dispatcher {
                     // Deleted or disabled since it was queued: give the work back.
                     for job in lane.queue.drain(..) {
                         self.queued -= 1;
+                        claim |= self.admission.left(&id, 1);
                         let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                     }
                 }
@@ -423,6 +484,7 @@ impl Dispatcher {
                         // Too little lease left to finish an attempt safely.
                         if let Some(job) = lane.queue.pop_front() {
                             self.queued -= 1;
+                            claim |= self.admission.left(&id, 1);
                             let _ = record_tx.send(Record::Release(job.id, job.lease_until));
                         }
                     }
@@ -449,42 +511,45 @@ impl Dispatcher {
             }
             idle_visits = if started { 0 } else { idle_visits + 1 };
         }
+        claim
     }
 
-    /// Handles an attempt task's end.
+    /// Handles an attempt task's end; returns whether to claim (its
+    /// subscription has room again for work left in the outbox).
     fn joined(
         &mut self,
         joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
         record_tx: &mpsc::UnboundedSender<Record>,
-    ) {
+    ) -> bool {
         match joined {
             Ok((task, done)) => {
                 self.running.remove(&task);
-                self.finished(done, record_tx);
+                self.finished(done, record_tx)
             }
             Err(e) => {
                 // Its lease runs out and the delivery is attempted again.
                 tracing::error!(error = %e, "a delivery attempt task failed");
-                if let Some(sub) = self.running.remove(&e.id()) {
-                    self.free_slot(&sub);
-                }
+                self.running.remove(&e.id()).is_some_and(|sub| self.free_slot(&sub))
             }
         }
     }
 
-    fn free_slot(&mut self, sub: &SubscriptionId) {
+    fn free_slot(&mut self, sub: &SubscriptionId) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(lane) = self.lanes.get_mut(sub) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
+            lane.done = lane.done.saturating_add(1);
         }
+        self.admission.left(sub, 1)
     }
 
-    fn finished(&mut self, done: Done, record_tx: &mpsc::UnboundedSender<Record>) {
-        self.free_slot(&done.recorded.subscription_id.clone());
+    fn finished(&mut self, done: Done, record_tx: &mpsc::UnboundedSender<Record>) -> bool {
+        let claim = self.free_slot(&done.recorded.subscription_id.clone());
         if done.health == Health::Gone {
             tracing::warn!(subscription.id = %done.recorded.subscription_id, "the endpoint answered 410 Gone; disabling the subscription");
         }
         let _ = record_tx.send(Record::Attempt(Box::new(done.recorded), done.health));
+        claim
     }
 
     /// The earliest moment a rate-limited lane that could otherwise start
@@ -524,6 +589,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.admission.retain(|id| all.contains_key(id));
         self.subscriptions = all;
     }
 
@@ -534,7 +600,7 @@ impl Dispatcher {
         let (record_tx, mut record_rx) = mpsc::unbounded_channel();
         self.refresh().await;
         while let Ok(jobs) = self.handoff_rx.try_recv() {
-            self.enqueue(jobs, &record_tx).await;
+            self.enqueue(jobs, false, &record_tx).await;
         }
         self.claim(&record_tx).await;
         let mut made = 0;
@@ -561,18 +627,36 @@ impl Dispatcher {
         while let Ok(r) = record_rx.try_recv() {
             batch.push(r);
         }
-        flush(&self.store, &self.worker, self.settings.disable_after_ms, batch, &self.changed).await;
+        flush(&self.store, &self.worker, self.settings.disable_after_ms, batch, &self.changed, &self.wake).await;
         made
     }
 }
 
-/// Publishes the outbox size and the age of its oldest due delivery.
+/// Publishes the outbox size and the age of its oldest due delivery, and
+/// per subscription the pending deliveries and how long the oldest has
+/// waited (labelled by subscription id: ids an operator created, so the
+/// label set stays as small as the subscription list).
 async fn report_stats(store: Arc<dyn Store>, stop: CancellationToken) {
+    let mut shown: Vec<SubscriptionId> = Vec::new();
     loop {
         if let Ok(stats) = store.delivery_stats().await {
+            let now = now_ms();
             metrics::gauge!("hookrelay_delivery_pending").set(stats.pending as f64);
-            let age = stats.oldest_due.map_or(0.0, |due| ((now_ms() - due).max(0) as f64) / 1000.0);
+            let age = stats.oldest_due.map_or(0.0, |due| ((now - due).max(0) as f64) / 1000.0);
             metrics::gauge!("hookrelay_delivery_oldest_pending_seconds").set(age);
+            for (id, pending, oldest) in &stats.by_subscription {
+                let label = id.as_str().to_owned();
+                metrics::gauge!("hookrelay_subscription_pending", "subscription" => label.clone()).set(*pending as f64);
+                metrics::gauge!("hookrelay_subscription_oldest_pending_seconds", "subscription" => label)
+                    .set(((now - oldest).max(0) as f64) / 1000.0);
+            }
+            // A subscription with nothing pending any more reads 0, not its last backlog.
+            for id in shown.iter().filter(|id| !stats.by_subscription.iter().any(|(s, _, _)| s == *id)) {
+                let label = id.as_str().to_owned();
+                metrics::gauge!("hookrelay_subscription_pending", "subscription" => label.clone()).set(0.0);
+                metrics::gauge!("hookrelay_subscription_oldest_pending_seconds", "subscription" => label).set(0.0);
+            }
+            shown = stats.by_subscription.into_iter().map(|(id, _, _)| id).collect();
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -2,18 +2,19 @@
 //! hand-off of committed deliveries, and the handle the API holds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use super::admission::Admission;
 use super::attempt::attempt;
 use super::backoff::RetryPolicy;
 use super::client::Client;
 use crate::clock::now_ms;
+use crate::domain::SubscriptionId;
 use crate::domain::outbox::{DeliveryState, Job, Lease, Recorded};
 use crate::domain::subscription::Subscription;
-use crate::store::Handoff;
+use crate::store::{Admitted, Handoff};
 
 /// What the rest of hookrelay may ask of the worker. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -59,36 +60,47 @@ impl DeliveryHandle {
     }
 }
 
-/// The batch writer's way in: committed deliveries leased to this process
-/// arrive on a channel while the worker accepts them.
+/// The batch writer's way in: new deliveries admitted by their
+/// subscription's budget ([`Admission`]) are inserted leased to this
+/// process and arrive on a channel once committed.
 #[derive(Debug)]
 pub(super) struct WriterHandoff {
     pub(super) tx: mpsc::Sender<Vec<Job>>,
-    pub(super) accepting: Arc<AtomicBool>,
-    /// Wakes the worker to claim what was inserted unleased.
-    pub(super) wake: Arc<Notify>,
+    pub(super) admission: Arc<Admission>,
     pub(super) worker: String,
     pub(super) lease: Duration,
 }
 
 impl Handoff for WriterHandoff {
-    fn lease(&self, now: i64) -> Option<Lease> {
-        self.accepting.load(Ordering::Relaxed).then(|| Lease {
+    fn admit(&self, subscriptions: &[&SubscriptionId], now: i64) -> Admitted {
+        if !self.admission.accepting() {
+            return Admitted::nothing();
+        }
+        let (taken, counts) = self.admission.admit(subscriptions);
+        let lease = Lease {
             worker: self.worker.clone(),
             until: now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2),
+        };
+        let admission = self.admission.clone();
+        Admitted::new(lease, taken, move || {
+            for (id, n) in &counts {
+                admission.left(id, *n);
+            }
         })
     }
 
-    fn take(&self, jobs: Vec<Job>) {
-        if !jobs.is_empty() && self.tx.try_send(jobs).is_err() {
-            // They stay leased; when the lease expires any process claims them.
+    fn take(&self, admitted: Admitted, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if self.tx.try_send(jobs).is_ok() {
+            admitted.keep();
+        } else {
+            // They stay leased; when the lease expires any process claims
+            // them. Dropping the admission gives their room back.
             tracing::warn!(
                 "the delivery worker did not take committed deliveries; they wait for their lease to expire"
             );
         }
-    }
-
-    fn committed_unleased(&self) {
-        self.wake.notify_one();
     }
 }

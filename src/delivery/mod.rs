@@ -6,11 +6,13 @@
 //! - [`client`]: the HTTP client, whose resolver applies the address policy.
 //! - [`dispatcher`]: the scheduler. Claims due deliveries (or takes them
 //!   straight from the ingest writer through [`handoff`]) and starts
-//!   [`attempt`]s within per-subscription limits ([`rate`]); [`recorder`]
-//!   writes their outcomes in batches.
+//!   [`attempt`]s within per-subscription limits ([`rate`]); [`admission`]
+//!   bounds what each subscription holds in memory; [`recorder`] writes
+//!   outcomes in batches.
 //! - [`verify`]: what a subscriber runs to check a signature
 //!   (`hookrelay verify`).
 
+pub mod admission;
 pub mod attempt;
 pub mod backoff;
 pub mod client;

@@ -30,6 +30,7 @@ pub async fn record(
     disable_after: i64,
     mut rx: mpsc::UnboundedReceiver<Record>,
     changed: Arc<Notify>,
+    wake: Arc<Notify>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -39,11 +40,21 @@ pub async fn record(
                 Err(_) => break,
             }
         }
-        flush(&store, &worker, disable_after, batch, &changed).await;
+        flush(&store, &worker, disable_after, batch, &changed, &wake).await;
     }
 }
 
-pub async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, batch: Vec<Record>, changed: &Notify) {
+/// Writes one batch; wakes `changed` when a subscription was disabled, and
+/// `wake` when jobs went back to the outbox (so that they are claimed again
+/// once the release is committed, not at the next poll).
+pub async fn flush(
+    store: &Arc<dyn Store>,
+    worker: &str,
+    disable_after: i64,
+    batch: Vec<Record>,
+    changed: &Notify,
+    wake: &Notify,
+) {
     if batch.is_empty() {
         return;
     }
@@ -70,6 +81,9 @@ pub async fn flush(store: &Arc<dyn Store>, worker: &str, disable_after: i64, bat
                 }
                 if !disabled.is_empty() {
                     changed.notify_one();
+                }
+                if !released.is_empty() {
+                    wake.notify_one();
                 }
                 return;
             }

@@ -87,12 +87,26 @@ pub struct BodyLimit(pub usize);
 #[derive(Debug, Default)]
 pub struct QueryPairs(pub Vec<(String, String)>);
 
+/// Most query parameters one request may carry.
+pub const MAX_QUERY_PAIRS: usize = 1_000;
+/// Most distinct values one multi-value parameter may carry.
+pub const MAX_VALUES: usize = 100;
+/// Longest value of a multi-value parameter, in characters.
+pub const MAX_VALUE_CHARS: usize = 256;
+
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        Ok(QueryPairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+        let mut pairs = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if pairs.len() == MAX_QUERY_PAIRS {
+                return Err(ApiError::bad_request(format!("at most {MAX_QUERY_PAIRS} query parameters")));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(QueryPairs(pairs))
     }
 }
 
@@ -118,15 +132,33 @@ impl QueryPairs {
         Ok(first)
     }
 
-    /// Every value of `name`, also splitting comma-separated lists.
-    pub fn many(&self, name: &str) -> Vec<&str> {
-        self.0
+    /// Every distinct value of `name`, in order of first appearance, also
+    /// splitting comma-separated lists: at most [`MAX_VALUES`] of at most
+    /// [`MAX_VALUE_CHARS`] characters, so that no caller can make one query
+    /// carry thousands of terms.
+    pub fn many(&self, name: &str) -> Result<Vec<&str>, ApiError> {
+        let mut distinct: Vec<&str> = Vec::new();
+        let values = self
+            .0
             .iter()
             .filter(|(k, _)| k == name)
             .flat_map(|(_, v)| v.split(','))
             .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
+            .filter(|v| !v.is_empty());
+        for value in values {
+            if value.chars().count() > MAX_VALUE_CHARS {
+                return Err(ApiError::bad_request(format!(
+                    "each `{name}` value must be at most {MAX_VALUE_CHARS} characters"
+                )));
+            }
+            if !distinct.contains(&value) {
+                if distinct.len() == MAX_VALUES {
+                    return Err(ApiError::bad_request(format!("at most {MAX_VALUES} distinct `{name}` values")));
+                }
+                distinct.push(value);
+            }
+        }
+        Ok(distinct)
     }
 }
 

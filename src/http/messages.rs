@@ -535,11 +535,14 @@ pub struct MessageList<'a> {
 
 fn list_query(q: &QueryPairs) -> Result<MessageQuery, ApiError> {
     q.only(LIST_PARAMS)?;
-    let statuses = q
-        .many("status")
+    let mut statuses = q
+        .many("status")?
         .into_iter()
         .map(|s| Status::parse(s).ok_or_else(|| unknown_status(s)))
         .collect::<Result<Vec<_>, _>>()?;
+    // Two spellings of one status are one term.
+    statuses.sort_unstable();
+    statuses.dedup();
     let limit = paging::limit(q, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = paging::cursor(q, |id| MessageId::parse(id).ok())?;
     let time = |name: &str| -> Result<Option<i64>, ApiError> {

@@ -310,12 +310,12 @@ impl Committer {
         loop {
             let started = Instant::now();
             let now = now_ms();
-            let lease = self.handoff.as_ref().and_then(|h| h.lease(now));
-            let leased = lease.is_some();
-            let result =
-                tokio::time::timeout(self.commit_timeout, self.store.apply_batch(commands.clone(), now, lease))
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the commit timed out".into())));
+            let result = tokio::time::timeout(
+                self.commit_timeout,
+                self.store.apply_batch(commands.clone(), now, self.handoff.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the commit timed out".into())));
             metrics::histogram!("hookrelay_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Err(StoreError::Conflict(e)) if attempt < CONFLICT_RETRIES => {
@@ -327,14 +327,10 @@ impl Committer {
                 Ok(result) => {
                     metrics::counter!("hookrelay_ingest_batches_total", "result" => "committed").increment(1);
                     metrics::counter!("hookrelay_db_write_transactions_total", "kind" => "ingest").increment(1);
+                    // What the worker did not admit waits in the outbox; the
+                    // worker claims it once its subscription has room.
                     if let Some(h) = &self.handoff {
-                        if leased {
-                            h.take(result.handoff);
-                        } else {
-                            // Inserted unleased while the worker was saturated:
-                            // it claims them as soon as it has room.
-                            h.committed_unleased();
-                        }
+                        h.take(result.admitted, result.handoff);
                     }
                     return Ok(result.outcomes);
                 }

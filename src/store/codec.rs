@@ -4,9 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{DeliverySummary, StoreError};
+use super::{Admitted, DeliverySummary, Handoff, StoreError};
 use crate::domain::event::HistoryEntry;
-use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, Job, Lease};
+use crate::domain::outbox::{AttemptRecord, DeliveryRow, DeliveryState, Health, Job};
 use crate::domain::signing::{Scheme, SigningKey};
 use crate::domain::subscription::{PreviousSecret, Subscription, SubscriptionFilter};
 use crate::domain::{
@@ -355,11 +355,23 @@ pub(crate) fn decode_attempt(row: &impl RowLike) -> Result<AttemptRecord, StoreE
     })
 }
 
-/// Turns the deliveries a plan inserted into jobs for the leaseholder.
-pub(crate) fn handoff(rows: &[DeliveryRow], lease: Option<&Lease>) -> Vec<Job> {
-    let Some(lease) = lease else { return Vec::new() };
+/// What a batch's hand-off takes: admitted by its worker, or nothing.
+pub(crate) fn admit(handoff: Option<&dyn Handoff>, rows: &[DeliveryRow], now: i64) -> Admitted {
+    match handoff {
+        Some(h) if !rows.is_empty() => {
+            let subscriptions: Vec<&SubscriptionId> = rows.iter().map(|d| &d.subscription_id).collect();
+            h.admit(&subscriptions, now)
+        }
+        _ => Admitted::nothing(),
+    }
+}
+
+/// Turns the deliveries a plan inserted leased into jobs for the leaseholder.
+pub(crate) fn handoff(rows: &[DeliveryRow], admitted: &Admitted) -> Vec<Job> {
     rows.iter()
-        .map(|d| Job {
+        .enumerate()
+        .filter_map(|(i, d)| admitted.lease_of(i).map(|lease| (d, lease)))
+        .map(|(d, lease)| Job {
             id: d.id.clone(),
             subscription_id: d.subscription_id.clone(),
             message_id: d.message_id.clone(),

@@ -51,30 +51,91 @@ impl StoreError {
     }
 }
 
-/// This process's delivery worker, as the batch writer sees it. New outbox
-/// rows are inserted leased to the worker, so that a first attempt needs no
-/// separate claim, and handed over once committed; while the worker has no
-/// room they are inserted unleased, and any process claims them later.
+/// This process's delivery worker, as the batch writer sees it. A new
+/// outbox row is inserted leased to the worker when the worker admits it
+/// (its subscription has room), so that a first attempt needs no separate
+/// claim, and handed over once committed; the rest is inserted unleased,
+/// and any process claims it later.
 pub trait Handoff: std::fmt::Debug + Send + Sync {
-    /// The lease to insert new deliveries under, starting `now`; `None`
-    /// while the worker has no room (insert them unleased).
-    fn lease(&self, now: i64) -> Option<Lease>;
+    /// Which new deliveries (given by subscription, in order) the worker
+    /// takes, leased from `now`.
+    fn admit(&self, subscriptions: &[&SubscriptionId], now: i64) -> Admitted;
 
-    /// Deliveries committed under [`Handoff::lease`], to attempt now.
-    fn take(&self, jobs: Vec<Job>);
+    /// Deliveries committed under `admitted`, to attempt now.
+    fn take(&self, admitted: Admitted, jobs: Vec<Job>);
+}
 
-    /// Deliveries were committed unleased: claim them as soon as there is room.
-    fn committed_unleased(&self);
+/// What the worker took of a batch's new deliveries. Dropped without being
+/// handed to [`Handoff::take`] (the batch failed or timed out), it gives
+/// the room it took back.
+pub struct Admitted {
+    lease: Option<Lease>,
+    taken: Vec<bool>,
+    give_back: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Admitted {
+    /// Deliveries `taken` (by position) under `lease`; `give_back` undoes
+    /// the admission unless [`Admitted::keep`] is called.
+    pub fn new(lease: Lease, taken: Vec<bool>, give_back: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Admitted { lease: Some(lease), taken, give_back: Some(Box::new(give_back)) }
+    }
+
+    /// Nothing taken: every delivery goes to the outbox unleased.
+    pub fn nothing() -> Self {
+        Admitted { lease: None, taken: Vec::new(), give_back: None }
+    }
+
+    /// Every delivery taken under `lease` (a caller outside the worker).
+    pub fn all(lease: Lease, n: usize) -> Self {
+        Admitted { lease: Some(lease), taken: vec![true; n], give_back: None }
+    }
+
+    /// The lease the `i`th new delivery is inserted under.
+    pub fn lease_of(&self, i: usize) -> Option<&Lease> {
+        self.lease.as_ref().filter(|_| self.taken.get(i).copied().unwrap_or(false))
+    }
+
+    /// Whether no worker here takes anything (none runs, or it is
+    /// shutting down): then other processes are told about the new
+    /// deliveries at once. Deliveries a worker here left unleased for want
+    /// of budget are its to claim when there is room, and other processes
+    /// find them on their next poll.
+    pub fn no_worker(&self) -> bool {
+        self.lease.is_none()
+    }
+
+    /// The committed admission stands: nothing is given back.
+    pub fn keep(mut self) {
+        self.give_back = None;
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(give_back) = self.give_back.take() {
+            give_back();
+        }
+    }
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let taken = self.taken.iter().filter(|t| **t).count();
+        f.debug_struct("Admitted").field("lease", &self.lease).field("taken", &taken).finish_non_exhaustive()
+    }
 }
 
 /// What a committed batch produced.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchResult {
     /// One per command, in order.
     pub outcomes: Vec<Outcome>,
-    /// Deliveries inserted already leased to the caller (when it asked for a
-    /// lease), to be attempted without a separate claim.
+    /// Deliveries inserted leased to the caller's worker, to be attempted
+    /// without a separate claim.
     pub handoff: Vec<Job>,
+    /// The admission they were inserted under, for [`Handoff::take`].
+    pub admitted: Admitted,
 }
 
 /// A claim for due deliveries.
@@ -127,11 +188,14 @@ pub enum RetryResult {
 }
 
 /// The outbox at a glance, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryStats {
     pub pending: i64,
     /// The earliest `next_attempt_at` among pending deliveries.
     pub oldest_due: Option<i64>,
+    /// Per subscription with pending deliveries: how many, and when the
+    /// oldest of them was created.
+    pub by_subscription: Vec<(SubscriptionId, i64, i64)>,
 }
 
 /// The storage interface every part of hookrelay uses.
@@ -147,13 +211,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// Applies one batch of ingest commands in ONE transaction: dedupe,
     /// transitions, history and outbox rows. Returns one outcome per command,
-    /// only after the commit. With a lease, new deliveries are inserted
-    /// leased to its holder and returned for immediate attempts.
+    /// only after the commit. With a hand-off, the new deliveries it admits
+    /// are inserted leased to its worker and returned for immediate attempts.
     async fn apply_batch(
         &self,
         commands: Arc<[Command]>,
         now: i64,
-        lease: Option<Lease>,
+        handoff: Option<Arc<dyn Handoff>>,
     ) -> Result<BatchResult, StoreError>;
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;

@@ -23,13 +23,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::codec::{
-    API_KEY_COLUMNS, GONE_REASON, MessageColumns, RowLike, SUBSCRIPTION_COLUMNS, SubscriptionColumns, decode_api_key,
-    decode_attempt, decode_delivery, decode_message, decode_subscription, failing_reason, handoff,
+    self, API_KEY_COLUMNS, GONE_REASON, MessageColumns, RowLike, SUBSCRIPTION_COLUMNS, SubscriptionColumns,
+    decode_api_key, decode_attempt, decode_delivery, decode_message, decode_subscription, failing_reason,
     health_by_subscription, history_entry, subscription_filter,
 };
 use super::query::{DeliveryQuery, MessageQuery, Param, count_query, list_query};
 use super::{
-    Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, HistoryEntry, RetryResult, Store, StoreError,
+    Admitted, Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, Handoff, HistoryEntry,
+    RetryResult, Store, StoreError,
 };
 use crate::clock::rfc3339;
 use crate::config::DatabaseConfig;
@@ -252,16 +253,17 @@ impl Store for PgStore {
         &self,
         commands: Arc<[Command]>,
         now: i64,
-        lease: Option<Lease>,
+        handoff: Option<Arc<dyn Handoff>>,
     ) -> Result<BatchResult, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let loaded = load(&tx, &Lookups::for_batch(&commands)).await?;
         let plan = plan::plan(&commands, loaded, now, rfc3339(now), &mut plan::Fresh);
-        write(&tx, &plan, lease.as_ref()).await?;
+        let admitted = codec::admit(handoff.as_deref(), &plan.deliveries, now);
+        write(&tx, &plan, &admitted).await?;
         tx.commit().await.map_err(classify)?;
-        let handoff = handoff(&plan.deliveries, lease.as_ref());
-        Ok(BatchResult { outcomes: plan.outcomes, handoff })
+        let handoff = codec::handoff(&plan.deliveries, &admitted);
+        Ok(BatchResult { outcomes: plan.outcomes, handoff, admitted })
     }
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
@@ -607,7 +609,8 @@ impl Store for PgStore {
         let live: HashSet<&str> = locked.iter().map(|r| r.get(0)).collect();
         // Deliveries for a subscription deleted meanwhile would never be sent.
         let rows: Vec<&DeliveryRow> = rows.iter().filter(|r| live.contains(r.subscription_id.as_str())).collect();
-        let arrays = DeliveryArrays::of(rows.into_iter(), lease);
+        let admitted = lease.map_or_else(Admitted::nothing, |l| Admitted::all(l.clone(), rows.len()));
+        let arrays = DeliveryArrays::of(rows.into_iter(), &admitted);
         let stmt = tx.prepare_cached(sql::INSERT_DELIVERIES).await.map_err(classify)?;
         tx.execute(&stmt, &arrays.params()).await.map_err(classify)?;
         if lease.is_none() {
@@ -667,7 +670,13 @@ impl Store for PgStore {
     async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError> {
         let client = self.client().await?;
         let row = client.query_one(sql::DELIVERY_STATS, &[]).await.map_err(classify)?;
-        Ok(DeliveryStats { pending: row.get(0), oldest_due: row.get(1) })
+        let rows = client.query(sql::PENDING_BY_SUBSCRIPTION, &[]).await.map_err(classify)?;
+        let mut by_subscription = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id = SubscriptionId::parse(r.get::<_, &str>(0)).map_err(|e| StoreError::other(e.to_string()))?;
+            by_subscription.push((id, r.get(1), r.get(2)));
+        }
+        Ok(DeliveryStats { pending: row.get(0), oldest_due: row.get(1), by_subscription })
     }
 
     async fn listen(
@@ -906,12 +915,12 @@ struct DeliveryArrays<'a> {
     kinds: Vec<&'static str>,
     payloads: Vec<&'a [u8]>,
     created: Vec<i64>,
-    until: Option<i64>,
-    worker: Option<&'a str>,
+    until: Vec<Option<i64>>,
+    worker: Vec<Option<&'a str>>,
 }
 
 impl<'a> DeliveryArrays<'a> {
-    fn of(rows: impl ExactSizeIterator<Item = &'a DeliveryRow>, lease: Option<&'a Lease>) -> Self {
+    fn of(rows: impl ExactSizeIterator<Item = &'a DeliveryRow>, admitted: &'a Admitted) -> Self {
         let n = rows.len();
         let mut a = DeliveryArrays {
             ids: Vec::with_capacity(n),
@@ -921,10 +930,13 @@ impl<'a> DeliveryArrays<'a> {
             kinds: Vec::with_capacity(n),
             payloads: Vec::with_capacity(n),
             created: Vec::with_capacity(n),
-            until: lease.map(|l| l.until),
-            worker: lease.map(|l| l.worker.as_str()),
+            until: Vec::with_capacity(n),
+            worker: Vec::with_capacity(n),
         };
-        for d in rows {
+        for (i, d) in rows.enumerate() {
+            let lease = admitted.lease_of(i);
+            a.until.push(lease.map(|l| l.until));
+            a.worker.push(lease.map(|l| l.worker.as_str()));
             a.ids.push(d.id.as_str());
             a.subs.push(d.subscription_id.as_str());
             a.msgs.push(d.message_id.as_str());
@@ -954,7 +966,7 @@ impl<'a> DeliveryArrays<'a> {
 /// Writes a plan in ONE round trip: every statement is sent at once
 /// (pipelined) and the server runs them in order. Statements are prepared
 /// first (once per connection) so that the requests go out in order.
-async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Result<(), StoreError> {
+async fn write(tx: &Transaction<'_>, plan: &Plan, admitted: &Admitted) -> Result<(), StoreError> {
     let (
         insert_messages,
         update_messages,
@@ -1016,7 +1028,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
             owners.push(m.id.as_str());
         }
     }
-    let deliveries = DeliveryArrays::of(plan.deliveries.iter(), lease);
+    let deliveries = DeliveryArrays::of(plan.deliveries.iter(), admitted);
     let (new_params, old_params, delivery_params) = (new.params(), old.params(), deliveries.params());
     let event_params: [&(dyn ToSql + Sync); 6] = [&ids, &keys, &ts, &received, &kinds, &details];
     let tag_params: [&(dyn ToSql + Sync); 3] = [&tags, &enqueued, &owners];
@@ -1065,7 +1077,7 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, lease: Option<&Lease>) -> Resu
     }
     if !plan.deliveries.is_empty() {
         ops.push(Box::pin(tx.execute(&insert_deliveries, &delivery_params)));
-        if lease.is_none() {
+        if admitted.no_worker() {
             // Delivered at commit: other processes may take these.
             ops.push(Box::pin(async { tx.batch_execute(&format!("NOTIFY {DELIVERY_CHANNEL}")).await.map(|()| 0) }));
         }

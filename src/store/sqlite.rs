@@ -22,14 +22,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, Transactio
 use tokio::sync::{Semaphore, oneshot};
 
 use super::codec::{
-    API_KEY_COLUMNS, ATTEMPT_COLUMNS, DELIVERY_COLUMNS, GONE_REASON, MESSAGE_COLUMNS, MessageColumns, RowLike,
+    self, API_KEY_COLUMNS, ATTEMPT_COLUMNS, DELIVERY_COLUMNS, GONE_REASON, MESSAGE_COLUMNS, MessageColumns, RowLike,
     SUBSCRIPTION_COLUMNS, SubscriptionColumns, decode_api_key, decode_attempt, decode_delivery, decode_message,
-    decode_subscription, failing_reason, handoff, health_by_subscription, history_entry, message_select_list,
+    decode_subscription, failing_reason, health_by_subscription, history_entry, message_select_list,
     subscription_filter,
 };
 use super::query::{DeliveryQuery, MessageQuery, Param, count_query, list_deliveries_query, list_query};
 use super::{
-    Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, HistoryEntry, RetryResult, Store, StoreError,
+    Admitted, Backend, BatchResult, Claim, DeliveryStats, DeliverySummary, Disabled, Handoff, HistoryEntry,
+    RetryResult, Store, StoreError,
 };
 use crate::clock::rfc3339;
 use crate::config::{DatabaseConfig, SqliteSync};
@@ -261,17 +262,18 @@ impl Store for SqliteStore {
         &self,
         commands: Arc<[Command]>,
         now: i64,
-        lease: Option<Lease>,
+        handoff: Option<Arc<dyn Handoff>>,
     ) -> Result<BatchResult, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
             let loaded = load(&tx, &Lookups::for_batch(&commands))?;
             let plan = plan::plan(&commands, loaded, now, rfc3339(now), &mut plan::Fresh);
             write(&tx, &plan)?;
-            insert_deliveries(&tx, &plan.deliveries, lease.as_ref())?;
+            let admitted = codec::admit(handoff.as_deref(), &plan.deliveries, now);
+            insert_deliveries(&tx, &plan.deliveries, &admitted)?;
             tx.commit().map_err(sqlite_error)?;
-            let handoff = handoff(&plan.deliveries, lease.as_ref());
-            Ok(BatchResult { outcomes: plan.outcomes, handoff })
+            let handoff = codec::handoff(&plan.deliveries, &admitted);
+            Ok(BatchResult { outcomes: plan.outcomes, handoff, admitted })
         })
         .await
     }
@@ -695,10 +697,10 @@ impl Store for SqliteStore {
                 created_at: d.created_at,
             })
             .collect();
-        let lease = lease.cloned();
+        let admitted = lease.map_or_else(Admitted::nothing, |l| Admitted::all(l.clone(), rows.len()));
         self.write(move |conn| {
             let tx = conn.transaction().map_err(sqlite_error)?;
-            insert_deliveries(&tx, &rows, lease.as_ref())?;
+            insert_deliveries(&tx, &rows, &admitted)?;
             tx.commit().map_err(sqlite_error)
         })
         .await
@@ -789,13 +791,27 @@ impl Store for SqliteStore {
 
     async fn delivery_stats(&self) -> Result<DeliveryStats, StoreError> {
         self.read(|conn| {
-            conn.query_row(
-                "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
-                   (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending')",
-                [],
-                |r| Ok(DeliveryStats { pending: r.get(0)?, oldest_due: r.get(1)? }),
-            )
-            .map_err(sqlite_error)
+            let mut stats = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
+                       (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending')",
+                    [],
+                    |r| Ok(DeliveryStats { pending: r.get(0)?, oldest_due: r.get(1)?, by_subscription: Vec::new() }),
+                )
+                .map_err(sqlite_error)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE state = 'pending' \
+                     GROUP BY subscription_id",
+                )
+                .map_err(sqlite_error)?;
+            let mut rows = stmt.query([]).map_err(sqlite_error)?;
+            while let Some(r) = rows.next().map_err(sqlite_error)? {
+                let id: String = r.get(0).map_err(sqlite_error)?;
+                let id = SubscriptionId::parse(&id).map_err(|e| StoreError::other(e.to_string()))?;
+                stats.by_subscription.push((id, r.get(1).map_err(sqlite_error)?, r.get(2).map_err(sqlite_error)?));
+            }
+            Ok(stats)
         })
         .await
     }
@@ -810,7 +826,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn insert_deliveries(conn: &Connection, rows: &[DeliveryRow], lease: Option<&Lease>) -> Result<(), StoreError> {
+fn insert_deliveries(conn: &Connection, rows: &[DeliveryRow], admitted: &Admitted) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, state, attempts, \
@@ -818,7 +834,8 @@ fn insert_deliveries(conn: &Connection, rows: &[DeliveryRow], lease: Option<&Lea
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9, ?7, ?7)",
         )
         .map_err(sqlite_error)?;
-    for d in rows {
+    for (i, d) in rows.iter().enumerate() {
+        let lease = admitted.lease_of(i);
         stmt.execute(params![
             d.id.as_str(),
             d.subscription_id.as_str(),

@@ -41,6 +41,7 @@ backend_tests!(
     outcomes_under_a_lost_lease_are_not_written,
     concurrent_subscription_changes_conflict,
     a_backlog_is_claimed_without_waiting_for_the_poll,
+    a_stuck_endpoint_keeps_its_backlog_in_the_outbox,
 );
 
 /// Delivery settings for tests: loopback allowed, quick retries, no jitter.
@@ -884,4 +885,53 @@ async fn a_backlog_is_claimed_without_waiting_for_the_poll(backend: Backend) {
     let started = std::time::Instant::now();
     assert_eq!(sink.take(200).await.len(), 200);
     assert!(started.elapsed() < Duration::from_secs(30), "drained by claims, not polls");
+}
+
+/// An endpoint that holds every request open, as greedy as it may be (its
+/// in-flight cap equals the process-wide one), next to three quick ones:
+/// the quick ones get everything at once, the stuck one holds no more than
+/// its share of the attempt slots, and its backlog beyond its budget waits
+/// unleased in the outbox instead of in memory.
+async fn a_stuck_endpoint_keeps_its_backlog_in_the_outbox(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        fast(c);
+        c.delivery.concurrency = 8;
+    })
+    .await
+    else {
+        return;
+    };
+    let stuck = Sink::start().await;
+    stuck.script((0..200).map(|_| Reply::Held(204)));
+    let (stuck_sub, _) = subscribe(&app, json!({"url": stuck.url("/"), "max_in_flight": 8})).await;
+    let quick = [Sink::start().await, Sink::start().await, Sink::start().await];
+    for sink in &quick {
+        subscribe(&app, json!({"url": sink.url("/")})).await;
+    }
+    for i in 0..200 {
+        app.register(json!({"id": format!("iso{i}")})).await;
+    }
+    for sink in &quick {
+        let got = sink.take(200).await;
+        assert!(got.iter().all(|r| r.json()["type"] == "message:updated"));
+    }
+    stuck.wait_started(1).await;
+    assert!(stuck.started() <= 6, "the stuck endpoint holds at most its share of 8 slots: {}", stuck.started());
+    let query = hookrelay::store::DeliveryQuery {
+        subscription_id: hookrelay::domain::SubscriptionId::parse(&stuck_sub).expect("id"),
+        state: None,
+        after: None,
+        limit: 500,
+    };
+    let listed = app.store.list_deliveries(&query).await.expect("deliveries");
+    assert_eq!(listed.len(), 200);
+    assert!(listed.iter().all(|d| d.state == hookrelay::domain::outbox::DeliveryState::Pending));
+    let leased = listed.iter().filter(|d| d.leased_until.is_some()).count();
+    assert!(leased <= 64, "at most its budget leased to the worker, the rest in the outbox: {leased} leased");
+    stuck.release();
+    let rest = stuck.take(200).await;
+    let mut ids: Vec<String> = rest.iter().map(|r| r.json()["data"]["id"].as_str().expect("id").to_owned()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "once it answers, the whole backlog arrives");
 }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::report::print_report;
-use crate::run::{run, suite};
+use crate::run::{isolation, run, suite};
 
 pub const API_KEY: &str = "bench-api-key-0123456789";
 pub const MAILGUN_KEY: &str = "bench-mailgun-signing-key";
@@ -50,6 +50,13 @@ enum Suite {
     /// Run every configuration reported in the README.
     Suite {
         /// Scale every run's size by this factor (0.1 for a quick look).
+        #[arg(long, default_value_t = 1.0)]
+        size: f64,
+    },
+    /// Healthy subscriptions' throughput and lag with and without slow and
+    /// never-answering ones, on both backends, at 8,000 and 50,000 messages.
+    Isolation {
+        /// Scale every run's size by this factor.
         #[arg(long, default_value_t = 1.0)]
         size: f64,
     },
@@ -110,6 +117,16 @@ pub struct RunArgs {
     /// Give up waiting for deliveries after this long without progress.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_seconds: u64,
+    /// Subscriptions to an endpoint that answers slowly (or never), besides
+    /// `--subscriptions` healthy ones; the report covers the healthy ones.
+    #[arg(long, default_value_t = 0)]
+    pub slow_subscriptions: usize,
+    /// How long the slow endpoint takes to answer.
+    #[arg(long, default_value_t = 10_000)]
+    pub slow_ms: u64,
+    /// The slow endpoint never answers (hookrelay's timeout ends each attempt).
+    #[arg(long)]
+    pub slow_never: bool,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Some(Suite::Suite { size }) => suite(cli.run, size).await,
+            Some(Suite::Isolation { size }) => isolation(cli.run, size).await,
             None => {
                 let report = run(&cli.run).await?;
                 print_report(&report, cli.run.json);

@@ -39,6 +39,9 @@ pub struct Report {
     pub provider: Option<ProviderArg>,
     pub processes: usize,
     pub subscriptions: usize,
+    /// Slow subscriptions beside the healthy ones, and requests they got.
+    pub slow_subscriptions: usize,
+    pub slow_received: usize,
     pub concurrency: usize,
     pub paced_rate: f64,
     pub preloaded_messages: usize,

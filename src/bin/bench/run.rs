@@ -55,10 +55,14 @@ pub async fn run_on(args: &RunArgs, binary: &Path, db: &ScratchDb) -> anyhow::Re
 
 pub async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Vec<u32>) -> anyhow::Result<Report> {
     let client = http_client(8);
-    let sink = start_sink(args.callbacks).await?;
+    let slow = (!args.slow_never).then(|| Duration::from_millis(args.slow_ms));
+    let sink = start_sink(args.callbacks, slow).await?;
     let auth = format!("Bearer {API_KEY}");
-    for k in 0..args.subscriptions {
-        let body = json!({"url": format!("http://{}/hook/{k}", sink.addr), "max_in_flight": 256});
+    // Healthy subscriptions first (the sink finds their secrets by index),
+    // then the slow ones, as greedy as the healthy: 256 in flight each.
+    for k in 0..args.subscriptions + args.slow_subscriptions {
+        let path = if k < args.subscriptions { "hook" } else { "slow" };
+        let body = json!({"url": format!("http://{}/{path}/{k}", sink.addr), "max_in_flight": 256});
         let (status, body, _) = request(
             &client,
             hyper::Method::POST,
@@ -73,7 +77,9 @@ pub async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Ve
         let created: Value = serde_json::from_slice(&body)?;
         let secret =
             VerifyKey::parse(created["secret"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        sink.state.secrets.lock().expect("lock").push(secret);
+        if k < args.subscriptions {
+            sink.state.secrets.lock().expect("lock").push(secret);
+        }
     }
     let mut commits_by_kind = BTreeMap::<String, f64>::new();
     for r in relays {
@@ -125,6 +131,8 @@ pub async fn measure(args: &RunArgs, relays: &[String], signer: Signer, pids: Ve
         provider: Some(args.provider),
         processes: relays.len(),
         subscriptions: args.subscriptions,
+        slow_subscriptions: args.slow_subscriptions,
+        slow_received: state.slow_received.load(Ordering::Relaxed),
         concurrency: args.concurrency,
         paced_rate: args.rate,
         preloaded_messages: args.preload,
@@ -233,6 +241,73 @@ pub async fn suite(base: RunArgs, size: f64) -> anyhow::Result<()> {
     }
     if !base.json {
         println!("{}", summary(&reports));
+    }
+    Ok(())
+}
+
+/// Healthy subscriptions' deliveries/s and worst lag, alone and next to a
+/// slow (10 s) or a never-answering subscription, on both backends, at
+/// 8,000 and 50,000 messages: what "a slow endpoint holds back only
+/// itself" means in figures.
+pub async fn isolation(base: RunArgs, size: f64) -> anyhow::Result<()> {
+    let n = |x: usize| ((x as f64 * size).round() as usize).max(1);
+    let mut rows = Vec::new();
+    for backend in [BackendArg::Postgres, BackendArg::Sqlite] {
+        let tag = if backend == BackendArg::Postgres { "pg" } else { "sqlite" };
+        for messages in [n(8_000), n(50_000)] {
+            let healthy = RunArgs {
+                backend,
+                provider: ProviderArg::Mailgun,
+                callbacks: messages,
+                concurrency: 64,
+                subscriptions: 3,
+                slow_subscriptions: 0,
+                ..base.clone()
+            };
+            let variants = [
+                ("alone", RunArgs { label: format!("{tag} {messages} healthy K=3"), ..healthy.clone() }),
+                (
+                    "+1 slow 10 s",
+                    RunArgs {
+                        label: format!("{tag} {messages} K=3 + 1 slow (10 s)"),
+                        slow_subscriptions: 1,
+                        slow_ms: 10_000,
+                        ..healthy.clone()
+                    },
+                ),
+                (
+                    "+1 never answers",
+                    RunArgs {
+                        label: format!("{tag} {messages} K=3 + 1 never answering"),
+                        slow_subscriptions: 1,
+                        slow_never: true,
+                        ..healthy.clone()
+                    },
+                ),
+            ];
+            let mut alone = 0.0;
+            for (what, args) in variants {
+                let report = run(&args).await.with_context(|| format!("run {}", args.label))?;
+                print_report(&report, base.json);
+                if what == "alone" {
+                    alone = report.deliveries_per_second;
+                }
+                rows.push(format!(
+                    "| {tag} | {messages} | {what} | {:.0} | {:.2} | {:.0} | {} |",
+                    report.deliveries_per_second,
+                    if alone > 0.0 { report.deliveries_per_second / alone } else { 0.0 },
+                    report.end_to_end.max_ms,
+                    report.deliveries_lost,
+                ));
+            }
+        }
+    }
+    println!(
+        "\n| backend | messages | beside the 3 healthy | healthy deliveries/s | vs alone | healthy max lag ms | lost |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
     }
     Ok(())
 }

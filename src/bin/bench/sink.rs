@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookrelay::domain::signing::{VerifyKey, verify_standard};
@@ -33,6 +33,10 @@ pub struct SinkState {
     pub bad: AtomicUsize,
     pub last_arrival: AtomicU64,
     pub first_arrival: AtomicU64,
+    /// How the slow subscriptions' endpoint (`/slow/...`) answers: after
+    /// this long, or never (`None`). Its requests are counted apart.
+    pub slow: Option<Duration>,
+    pub slow_received: AtomicUsize,
 }
 
 impl SinkState {
@@ -54,6 +58,14 @@ pub async fn sink_handle(
     state: Arc<SinkState>,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path().starts_with("/slow/") {
+        state.slow_received.fetch_add(1, Ordering::Relaxed);
+        match state.slow {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => std::future::pending::<()>().await,
+        }
+        return Ok(hyper::Response::builder().status(204).body(Full::new(Bytes::new())).expect("response"));
+    }
     let arrived = state.elapsed_micros();
     let sub: usize = req.uri().path().rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let headers = req.headers().clone();
@@ -102,7 +114,7 @@ pub async fn sink_handle(
     Ok(hyper::Response::builder().status(204).body(Full::new(Bytes::new())).expect("response"))
 }
 
-pub async fn start_sink(callbacks: usize) -> anyhow::Result<Sink> {
+pub async fn start_sink(callbacks: usize, slow: Option<Duration>) -> anyhow::Result<Sink> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(SinkState {
@@ -117,6 +129,8 @@ pub async fn start_sink(callbacks: usize) -> anyhow::Result<Sink> {
         bad: AtomicUsize::new(0),
         last_arrival: AtomicU64::new(0),
         first_arrival: AtomicU64::new(0),
+        slow,
+        slow_received: AtomicUsize::new(0),
     });
     let accept_state = state.clone();
     tokio::spawn(async move {

@@ -125,9 +125,10 @@ pub const INSERT_TAGS: &str = "INSERT INTO message_tags (tag, enqueued_at, messa
 
 pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (id, subscription_id, message_id, seq, kind, payload, \
        state, attempts, next_attempt_at, locked_until, locked_by, created_at, updated_at) \
-     SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, $8, $9, u.created, u.created \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[]) \
-       AS u(id, sub, msg, seq, kind, payload, created)";
+     SELECT u.id, u.sub, u.msg, u.seq, u.kind, u.payload, 'pending', 0, u.created, u.until, u.worker, u.created, \
+       u.created \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::int8[], $8::int8[], \
+       $9::text[]) AS u(id, sub, msg, seq, kind, payload, created, until, worker)";
 
 /// A record merged into another gives up its unique keys first.
 pub const CLEAR_MERGED_KEYS: &str =
@@ -226,6 +227,9 @@ pub const DELIVERY_STATS: &str = "SELECT (SELECT count(*) FROM deliveries WHERE 
        LEAST((SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts = 0), \
              (SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND attempts > 0))";
 
+pub const PENDING_BY_SUBSCRIPTION: &str = "SELECT subscription_id, count(*), min(created_at) FROM deliveries \
+     WHERE state = 'pending' GROUP BY subscription_id";
+
 /// Every statement above and the message-log queries for each kind of
 /// filter, as they are prepared: for the plan check. (Counts are not
 /// prepared: each is planned for its own values.)
@@ -278,6 +282,7 @@ pub fn keyed() -> Vec<String> {
         LOCK_DELIVERY,
         retry_delivery(),
         DELIVERY_STATS,
+        PENDING_BY_SUBSCRIPTION,
     ]
     .into_iter()
     .map(str::to_owned)
